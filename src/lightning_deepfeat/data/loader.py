@@ -1,0 +1,121 @@
+"""``InMemoryBatchLoader``: batches of an in-memory tensor data set by one index gather each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+class _EpochSetter:
+    """Lets Lightning's ``_set_sampler_epoch`` (which looks for ``loader.sampler.set_epoch``) reach the loader."""
+
+    def __init__(self, loader: InMemoryBatchLoader) -> None:
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.set_epoch(epoch)
+
+
+class InMemoryBatchLoader:
+    """Iterate over ``(images[idx], labels[idx])`` batches of tensors held in memory.
+
+    A batch costs one advanced-index gather, with no per-sample ``__getitem__`` and no
+    collate. Shuffling draws a permutation from ``seed + epoch``, so every process of a
+    DDP job draws the same permutation and then takes its own share: ``perm[rank::world]``.
+
+    When ``pad_to_equal`` is set (training), the permutation is extended by wrapping
+    around so that every process gets the same number of samples (and of batches, which
+    DDP's gradient all-reduce needs); together the shares cover every sample of the epoch.
+    Without it (evaluation), the shares are disjoint and cover each sample exactly once,
+    so metrics reduced across processes are those of the whole split.
+
+    The loader is stateful (``state_dict``/``load_state_dict``): Lightning saves it in
+    the checkpoint and a run resumed mid-epoch continues with the next unseen batch.
+
+    Args:
+        images: ``(N, ...)`` tensor (uint8 for the image data sets).
+        labels: ``(N,)`` int64 tensor.
+        batch_size: samples per batch on this process.
+        shuffle: draw a new permutation each epoch.
+        drop_last: drop the last incomplete batch.
+        seed: base seed of the permutations.
+        num_replicas: number of processes sharing the epoch.
+        rank: this process's index in ``[0, num_replicas)``.
+        pad_to_equal: wrap around so every process gets the same number of samples.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pad_to_equal: bool = False,
+    ) -> None:
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"images and labels differ in length: {images.shape[0]} != {labels.shape[0]}.")
+        if batch_size <= 0:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"`rank` must be in [0, {num_replicas}), got {rank}.")
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad_to_equal = pad_to_equal
+        self.epoch = 0
+        self.sampler = _EpochSetter(self)
+        self.batch_sampler = None  # Lightning inspects it; batches are formed here
+        self._batches_done = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the permutation of ``epoch`` (Lightning calls this at each epoch start)."""
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        """This process's sample indices for the current epoch, in order."""
+        n = self.labels.shape[0]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        if self.pad_to_equal and n % self.num_replicas:
+            extra = self.num_replicas - n % self.num_replicas
+            order = torch.cat([order, order[:extra].repeat(extra // max(n, 1) + 1)[:extra]])
+        return order[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        n = self.labels.shape[0]
+        local = -(-n // self.num_replicas) if self.pad_to_equal else len(range(self.rank, n, self.num_replicas))
+        return local // self.batch_size if self.drop_last else -(-local // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices()
+        start, self._skip = self._skip, 0
+        self._batches_done = start
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            self._batches_done = b + 1
+            yield self.images[idx], self.labels[idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and number of batches already produced in it."""
+        return {"epoch": self.epoch, "batches_done": self._batches_done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next ``iter()`` continues after the batches already produced."""
+        self.epoch = int(state["epoch"])
+        self.seed = int(state.get("seed", self.seed))
+        self._skip = int(state["batches_done"])

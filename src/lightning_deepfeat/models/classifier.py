@@ -1,0 +1,201 @@
+"""``FeatureClassifier``: a learned feature map φ topped by multiclass logistic regression."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+from torch.optim import Optimizer
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_deepfeat.models._common import build_from_spec, module_spec
+from lightning_deepfeat.models.convnet import ConvNet
+
+OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], Any]
+
+
+def krizhevsky_sgd(params: Iterable[Any]) -> Optimizer:
+    """SGD with lr 0.01, momentum 0.9 and weight decay 5e-4 (Krizhevsky et al. 2012)."""
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+class ClassificationError(MulticlassAccuracy):
+    r"""Top-k misclassification rate, :math:`1 - \mathrm{accuracy}`, micro-averaged over samples."""
+
+    def compute(self) -> torch.Tensor:
+        return 1.0 - super().compute()
+
+
+class FeatureClassifier(LightningModule):
+    r"""A feature net φ followed by a multiclass logistic-regression head, trained jointly.
+
+    .. math::
+        p(y = k \mid x) = \mathrm{softmax}_k(A\, \mathrm{flatten}(φ_W(x)) + b), \qquad
+        \mathcal{L} = -\frac{1}{N}\sum_i \log p(y_i \mid x_i)
+
+    Cross-entropy on the softmax is the multiclass logistic loss, convex in the head
+    ``(A, b)`` for fixed features.
+
+    Two ways in:
+
+    * pass any ``nn.Module`` as ``features`` (or a ``class_path`` dict in YAML);
+    * subclass and override :meth:`build_features` (and :meth:`build_head` if the head
+      is not a plain ``nn.Linear``).
+
+    The head's input size comes from a dry run of φ on ``input_shape`` at construction,
+    which also materialises lazy layers, so nobody computes flatten sizes by hand.
+
+    Override points for subclasses: :meth:`build_features`, :meth:`build_head`,
+    :meth:`extract_features`, :meth:`compute_loss`, :meth:`configure_optimizers`.
+
+    Logged (torchmetrics objects, reduced across processes): ``{stage}_loss``,
+    ``{stage}_error`` and, for ``val``/``test``, ``{stage}_acc`` and ``{stage}_acc_top5``
+    (when there are more than 5 classes); ``stage`` is ``train``, ``val`` or ``test``.
+
+    Args:
+        features: the feature net φ. ``None`` calls :meth:`build_features`, whose
+            default is a :class:`ConvNet`.
+        num_classes: number of classes (≥ 2); the CLI links it from the data module.
+        input_shape: shape of one input ``(C, H, W)`` (or any shape φ accepts), used for
+            the dry run; the CLI links it from the data module.
+        optimizer: a callable ``params -> Optimizer``. Default: SGD, lr 0.01, momentum
+            0.9, weight decay 5e-4. From the CLI, ``--optimizer`` overrides it.
+        lr_scheduler: optional callable ``optimizer -> LRScheduler`` (stepped per epoch).
+    """
+
+    def __init__(
+        self,
+        features: nn.Module | None = None,
+        num_classes: int = 10,
+        input_shape: Sequence[int] = (1, 8, 8),
+        optimizer: OptimizerFactory = krizhevsky_sgd,
+        lr_scheduler: SchedulerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an int >= 2 (logistic regression needs two classes), got {num_classes!r}.")
+        if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape or any(
+            isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in input_shape
+        ):
+            raise ValueError(f"`input_shape` must be a non-empty sequence of positive ints such as (1, 28, 28), got {input_shape!r}.")
+        if not callable(optimizer):
+            raise ValueError(f"`optimizer` must be a callable taking the parameters, got {optimizer!r}.")
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+
+        if isinstance(features, dict):
+            features = build_from_spec(features)
+        if features is not None and not isinstance(features, nn.Module):
+            raise ValueError(f"`features` must be an nn.Module, got {type(features).__name__}.")
+        self.features = features if features is not None else self.build_features()
+        self.feature_dim = self._dry_run()
+        self.head = self.build_head(self.feature_dim, num_classes)
+
+        self.save_hyperparameters(ignore=["features", "optimizer", "lr_scheduler"])
+        if "features" not in self.hparams or isinstance(self.hparams.get("features"), nn.Module):
+            # Python-built: record a rebuildable spec when φ keeps its arguments, never the module itself.
+            self.hparams["features"] = module_spec(self.features) if features is not None else None
+
+        self.train_metrics = self._make_metrics("train", with_accuracy=False)
+        self.val_metrics = self._make_metrics("val", with_accuracy=True)
+        self.test_metrics = self._make_metrics("test", with_accuracy=True)
+
+    # ----------------------------------------------------------------- override points
+    def build_features(self) -> nn.Module:
+        """Build φ when none is passed. Subclasses override this; the default is ``ConvNet()``."""
+        return ConvNet()
+
+    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
+        """Build the logistic-regression head; the default is ``nn.Linear(in_features, num_classes)``."""
+        return nn.Linear(in_features, num_classes)
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x) flattened to ``(N, feature_dim)``: what the head sees."""
+        return torch.flatten(self.features(x), 1)
+
+    def compute_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The multiclass logistic loss (mean cross-entropy)."""
+        return F.cross_entropy(logits, target)
+
+    # ----------------------------------------------------------------- model
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(N, num_classes)``."""
+        return self.head(self.extract_features(x))
+
+    def _dry_run(self) -> int:
+        was_training = self.features.training
+        self.features.eval()
+        probe = torch.zeros(2, *self.input_shape)
+        try:
+            with torch.no_grad():
+                out = self.features(probe)
+        except Exception as err:  # the message names the culprit: φ on this input shape
+            raise ValueError(
+                f"`features` ({type(self.features).__name__}) failed on a dry run with input_shape="
+                f"{self.input_shape}: {err}"
+            ) from err
+        finally:
+            self.features.train(was_training)
+        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"`features` must map a batch of shape (N, *input_shape) to (N, ...) so that flattening gives "
+                f"(N, D); on input (2, {', '.join(map(str, self.input_shape))}) it returned {shape}."
+            )
+        return math.prod(out.shape[1:])
+
+    def _make_metrics(self, stage: str, with_accuracy: bool) -> MetricCollection:
+        metrics: dict[str, Any] = {
+            "loss": MeanMetric(),
+            "error": ClassificationError(num_classes=self.num_classes, average="micro"),
+        }
+        if with_accuracy:
+            metrics["acc"] = MulticlassAccuracy(num_classes=self.num_classes, average="micro")
+            if self.num_classes > 5:
+                metrics["acc_top5"] = MulticlassAccuracy(num_classes=self.num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics, prefix=f"{stage}_")
+
+    # ----------------------------------------------------------------- steps
+    def _step(self, batch: Any, metrics: MetricCollection, on_step: bool) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.compute_loss(logits, y)
+        for name, metric in metrics.items():
+            if name.endswith("_loss"):
+                metric.update(loss.detach(), weight=y.shape[0])
+            else:
+                metric.update(logits.detach(), y)
+        for name, metric in metrics.items():
+            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name.endswith("_error"))
+        if on_step:
+            self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self.train_metrics, on_step=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, self.val_metrics, on_step=False)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, self.test_metrics, on_step=False)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class probabilities ``softmax(logits)``, shape ``(N, num_classes)``."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return torch.softmax(self(x), dim=1)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
