@@ -113,6 +113,11 @@ def main(args: Sequence[str] | None = None, **kwargs: Any) -> DeepFeatCLI:
     if args is None and len(sys.argv) > 1 and sys.argv[1] in ("--version", "-V"):
         print(f"deepfeat {lightning_deepfeat.__version__}")
         raise SystemExit(0)
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in ("probe", "visualize"):  # extra subcommands, see lightning_deepfeat.probes.cli
+        from lightning_deepfeat.probes.cli import probe_main
+
+        return probe_main(argv, **kwargs)
     return DeepFeatCLI(args=args, **kwargs)
 
 

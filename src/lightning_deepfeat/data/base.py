@@ -9,20 +9,57 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from lightning_deepfeat.data.loader import InMemoryBatchLoader
+from lightning_deepfeat.data.transforms import (
+    PADDING_MODES,
+    CenterCrop,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomTranslate,
+    _pair,
+)
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """Hash integers into one 63-bit seed (SplitMix64 steps), so nearby inputs give unrelated streams."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (int(value) & _MASK64)) & _MASK64
+        state = (state + 0x9E3779B97F4A7C15) & _MASK64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        state = z ^ (z >> 31)
+    return state >> 1
 
 
 class ImageClassificationDataModule(LightningDataModule):
-    """Base data module: uint8 images held in memory, normalised on the device.
+    r"""Base data module: uint8 images held in memory, augmented and normalised on the device.
 
     Subclasses implement :meth:`load_split` (return ``(images uint8 (N, C, H, W), labels
     int64 (N,))`` for ``"train"`` or ``"test"``) and set the class attributes
-    ``num_classes``, ``image_shape`` and ``class_names``. Everything else (the seeded
-    train/val split, per-channel normalisation from the training split, DDP shares,
-    batching by index gather) is done here.
+    ``num_classes``, ``image_shape`` (the stored size, before any crop) and
+    ``class_names``. Everything else is done here: the seeded train/val split,
+    per-channel normalisation from the training split, DDP shares, batching by one index
+    gather (:class:`InMemoryBatchLoader`) and augmentation.
 
     Batches stay uint8 until :meth:`on_after_batch_transfer`, which runs on the
-    accelerator: training augmentation first (:meth:`augment`, training only), then
-    conversion to float and normalisation (every stage).
+    accelerator:
+
+    * training only (``trainer.training``): :meth:`augment`, i.e. a random ``crop_size``
+      crop (:class:`RandomCrop`), a random shift by up to ``translate`` pixels
+      (:class:`RandomTranslate`), then a horizontal flip with probability ½;
+    * validation, test and predict: the centre ``crop_size`` crop (:class:`CenterCrop`)
+      when ``crop_size`` is set, nothing else;
+    * every stage: :math:`x \mapsto (x - \mu_c) / \sigma_c` in float32.
+
+    Augmentation randomness: batch :math:`k` of process ``rank`` draws from a generator on
+    the batch's device seeded with :math:`\mathrm{hash}(s, \mathrm{rank}, k)`, where
+    :math:`s` is ``seed`` (default: ``torch.initial_seed()`` at :meth:`setup`, which
+    ``seed_everything`` sets). So a seeded run is reproducible, each DDP process draws a
+    different stream, and :meth:`state_dict` (saved in checkpoints) only needs
+    :math:`(s, k)` to resume the stream exactly, on every rank.
 
     Args:
         batch_size: samples per batch and process.
@@ -33,6 +70,14 @@ class ImageClassificationDataModule(LightningDataModule):
         std: per-channel std in raw pixel units; ``None`` computes it on the train split.
         eval_batch_size: batch size for val/test/predict (default: ``batch_size``).
         shuffle_seed: base seed of the per-epoch shuffling.
+        translate: maximum shift ``s`` (or ``(s_y, s_x)``) in pixels of the training
+            translation; 0 turns it off.
+        hflip: flip training images left-right with probability ½.
+        padding_mode: how translation fills pixels moved in from outside: ``"zeros"``,
+            ``"reflect"`` or ``"replicate"``.
+        crop_size: ``h`` or ``(h, w)``: random crops of this size in training, the centre
+            crop in evaluation; ``None`` keeps the stored size.
+        seed: base seed of the augmentation; ``None`` takes ``torch.initial_seed()``.
     """
 
     num_classes: int = 0
@@ -49,31 +94,97 @@ class ImageClassificationDataModule(LightningDataModule):
         std: Sequence[float] | None = None,
         eval_batch_size: int | None = None,
         shuffle_seed: int = 0,
+        translate: int | tuple[int, int] = 0,
+        hflip: bool = False,
+        padding_mode: str = "zeros",
+        crop_size: int | tuple[int, int] | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"`num_workers` must be an int >= 0, got {num_workers!r}.")
-        if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in [0, 1), got {val_fraction!r}.")
-        if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size <= 0):
+        if eval_batch_size is not None and (
+            isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size <= 0
+        ):
             raise ValueError(f"`eval_batch_size` must be a positive int or None, got {eval_batch_size!r}.")
         for name, value in (("mean", mean), ("std", std)):
             if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value):
                 raise ValueError(f"`{name}` must be a non-empty sequence of floats (one per channel) or None, got {value!r}.")
         if std is not None and any(s <= 0 for s in std):
             raise ValueError(f"`std` must be positive for every channel, got {list(std)!r}.")
+        if not isinstance(hflip, bool):
+            raise ValueError(f"`hflip` must be True or False, got {hflip!r}.")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got {padding_mode!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be an int or None, got {seed!r}.")
+        shift = _pair("translate", translate)
+        stored = tuple(self.stored_shape())
+        if crop_size is not None:
+            crop = _pair("crop_size", crop_size, minimum=1)
+            if stored and (crop[0] > stored[-2] or crop[1] > stored[-1]):
+                raise ValueError(
+                    f"`crop_size` must fit in the stored images {stored[-2:]}, got {crop_size!r}."
+                )
+        else:
+            crop = None
+        out_hw = crop if crop is not None else tuple(stored[-2:])
+        if padding_mode == "reflect" and out_hw and (shift[0] >= out_hw[0] or shift[1] >= out_hw[1]):
+            raise ValueError(
+                f"`translate`={translate!r} with `padding_mode`='reflect' must be smaller than the image {out_hw}."
+            )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_fraction = float(val_fraction)
         self.split_seed = split_seed
         self.eval_batch_size = eval_batch_size or batch_size
         self.shuffle_seed = shuffle_seed
+        self.translate = shift
+        self.hflip = hflip
+        self.padding_mode = padding_mode
+        self.crop_size = crop
+        self.seed = seed
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
+        if stored:
+            self.image_shape = (stored[0], *crop) if crop is not None else stored
+        # the augmentation pipeline, built once
+        self.train_transforms: list[torch.nn.Module] = []
+        if crop is not None:
+            self.train_transforms.append(RandomCrop(crop))
+        if shift != (0, 0):
+            self.train_transforms.append(RandomTranslate(shift, padding_mode))
+        if hflip:
+            self.train_transforms.append(RandomHorizontalFlip(0.5))
+        self.eval_transforms: list[torch.nn.Module] = [CenterCrop(crop)] if crop is not None else []
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._mean_std_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._augment_seed: int | None = seed
+        self._augmented_batches = 0
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    # ----------------------------------------------------------------- shapes
+    def stored_shape(self) -> tuple[int, ...]:
+        """Shape ``(C, H, W)`` of one image as loaded, before crops (the class attribute ``image_shape``)."""
+        return tuple(type(self).image_shape)
+
+    @classmethod
+    def describe(cls, **init_args: Any) -> dict[str, Any]:
+        """``{"num_classes", "image_shape"}`` that an instance built with ``init_args`` will have.
+
+        The CLI calls it at parse time to link the model's ``num_classes`` and
+        ``input_shape``; unknown arguments are ignored. With ``crop_size`` the image
+        shape is ``(C, h, w)`` of the crop.
+        """
+        shape = tuple(cls.image_shape)
+        crop = init_args.get("crop_size")
+        if crop is not None and shape:
+            shape = (shape[0], *_pair("crop_size", crop, minimum=1))
+        return {"num_classes": int(cls.num_classes), "image_shape": shape}
 
     # ----------------------------------------------------------------- override points
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,14 +192,59 @@ class ImageClassificationDataModule(LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} must implement load_split(split).")
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """Training augmentation of a uint8 batch on the device; the base applies none."""
+        """Training augmentation of a uint8 batch on its device: crop, translate, flip (as configured)."""
+        if not self.train_transforms:
+            return images
+        generator = self.augment_generator(images.device)
+        for transform in self.train_transforms:
+            images = transform(images, generator)
         return images
+
+    def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic evaluation transform: the centre crop when ``crop_size`` is set."""
+        for transform in self.eval_transforms:
+            images = transform(images)
+        return images
+
+    # ----------------------------------------------------------------- augmentation RNG
+    def _rank(self) -> int:
+        trainer = self.trainer
+        return int(getattr(trainer, "global_rank", 0)) if trainer is not None else 0
+
+    def augment_generator(self, device: torch.device) -> torch.Generator:
+        """The generator for the next training batch on ``device``, seeded with ``hash(seed, rank, batch)``.
+
+        Each call advances the batch counter (part of :meth:`state_dict`).
+        """
+        if self._augment_seed is None:
+            self._augment_seed = int(torch.initial_seed())
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        generator.manual_seed(mix_seed(self._augment_seed, self._rank(), self._augmented_batches))
+        self._augmented_batches += 1
+        return generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """Augmentation stream position: base seed and number of augmented batches (same on every rank)."""
+        return {"augment_seed": self._augment_seed, "augmented_batches": self._augmented_batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the augmentation stream where :meth:`state_dict` left it."""
+        if "augment_seed" in state_dict and state_dict["augment_seed"] is not None:
+            self._augment_seed = int(state_dict["augment_seed"])
+        self._augmented_batches = int(state_dict.get("augmented_batches", 0))
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
+        if self._augment_seed is None:
+            self._augment_seed = int(torch.initial_seed())
         if "train" not in self.splits and stage in (None, "fit", "validate"):
             images, labels = self.load_split("train")
-            self._check_labels(labels, "train")
+            self._check_split(images, labels, "train")
             n_val = int(round(self.val_fraction * labels.shape[0]))
             order = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(self.split_seed))
             train_idx, val_idx = order[n_val:], order[:n_val]
@@ -96,30 +252,55 @@ class ImageClassificationDataModule(LightningDataModule):
             self.splits["val"] = (images[val_idx], labels[val_idx])
         if "test" not in self.splits and stage in (None, "test", "predict"):
             images, labels = self.load_split("test")
-            self._check_labels(labels, "test")
+            self._check_split(images, labels, "test")
             self.splits["test"] = (images, labels)
         if self.mean is None or self.std is None:
-            if "train" not in self.splits:
-                images, labels = self.load_split("train")
-                self.splits["train"] = (images, labels)
-            mean, std = self._channel_stats(self.splits["train"][0])
+            if "train" in self.splits:
+                train_images = self.splits["train"][0]
+            else:  # test-only run without given mean/std: statistics still come from the training split
+                train_images, train_labels = self.load_split("train")
+                self._check_split(train_images, train_labels, "train")
+                n_val = int(round(self.val_fraction * train_labels.shape[0]))
+                order = torch.randperm(train_labels.shape[0], generator=torch.Generator().manual_seed(self.split_seed))
+                train_images = train_images[order[n_val:]]
+            mean, std = self._channel_stats(train_images)
             self.mean = mean if self.mean is None else self.mean
             self.std = std if self.std is None else self.std
 
-    def _check_labels(self, labels: torch.Tensor, split: str) -> None:
+    def _check_split(self, images: torch.Tensor, labels: torch.Tensor, split: str) -> None:
+        name = type(self).__name__
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"{name}: {split} images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}.")
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{name}: {split} has {images.shape[0]} images but {labels.shape[0]} labels.")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(
-                f"{type(self).__name__}: {split} labels must lie in [0, {self.num_classes}), "
+                f"{name}: {split} labels must lie in [0, {self.num_classes}), "
                 f"found [{int(labels.min())}, {int(labels.max())}]."
             )
 
+    # kept for subclasses written against the first version
+    def _check_labels(self, labels: torch.Tensor, split: str) -> None:
+        self._check_split(torch.zeros((labels.shape[0], 1, 1, 1), dtype=torch.uint8), labels, split)
+
     @staticmethod
-    def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.float().transpose(0, 1).reshape(images.shape[1], -1)
-        return x.mean(dim=1), x.std(dim=1).clamp_min(1e-6)
+    def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Per-channel mean :math:`\mu_c` and std :math:`\sigma_c = \sqrt{E[x^2] - \mu_c^2}` over all pixels, in chunks."""
+        channels = images.shape[1]
+        total = torch.zeros(channels, dtype=torch.float64)
+        total_sq = torch.zeros(channels, dtype=torch.float64)
+        count = 0
+        for start in range(0, images.shape[0], chunk):
+            x = images[start : start + chunk].to(torch.float64).transpose(0, 1).reshape(channels, -1)
+            total += x.sum(dim=1)
+            total_sq += (x * x).sum(dim=1)
+            count += x.shape[1]
+        mean = total / max(count, 1)
+        var = (total_sq / max(count, 1) - mean * mean).clamp_min(0.0)
+        return mean.float(), var.sqrt().float().clamp_min(1e-6)
 
     # ----------------------------------------------------------------- loaders
-    def _loader(self, split: str, train: bool) -> InMemoryBatchLoader:
+    def _loader(self, split: str, train: bool) -> Any:
         if split not in self.splits:
             raise RuntimeError(f"{type(self).__name__}: split {split!r} is not set up; call setup() first.")
         images, labels = self.splits[split]
@@ -150,7 +331,7 @@ class ImageClassificationDataModule(LightningDataModule):
 
     # ----------------------------------------------------------------- on device
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``(x - mean) / std`` per channel, in float32, on the batch's device."""
+        r"""``(x - mean) / std`` per channel, in float32, on the batch's device: :math:`(x - \mu_c) / \sigma_c`."""
         if self.mean is None or self.std is None:
             raise RuntimeError(f"{type(self).__name__}: mean/std unknown; call setup() first.")
         device = images.device
@@ -158,11 +339,13 @@ class ImageClassificationDataModule(LightningDataModule):
             shape = (1, -1) + (1,) * (images.dim() - 2)
             self._mean_std_cache[device] = (self.mean.to(device).view(shape), self.std.to(device).view(shape))
         mean, std = self._mean_std_cache[device]
-        return (images.float() - mean) / std
+        return images.to(torch.float32, copy=True).sub_(mean).div_(std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         trainer = self.trainer
         if trainer is not None and trainer.training:
             images = self.augment(images)
+        else:
+            images = self.eval_transform(images)
         return self.normalize(images), labels
