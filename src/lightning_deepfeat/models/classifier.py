@@ -59,6 +59,11 @@ class FeatureClassifier(LightningModule):
     ``{stage}_error`` and, for ``val``/``test``, ``{stage}_acc`` and ``{stage}_acc_top5``
     (when there are more than 5 classes); ``stage`` is ``train``, ``val`` or ``test``.
 
+    A non-finite training loss raises ``FloatingPointError`` naming the step (set the
+    class attribute ``check_finite_loss = False`` in a subclass to skip the check, which
+    reads one scalar back from the device per step). Checkpoints already written stay
+    intact and loadable.
+
     Args:
         features: the feature net φ. ``None`` calls :meth:`build_features`, whose
             default is a :class:`ConvNet`.
@@ -69,6 +74,8 @@ class FeatureClassifier(LightningModule):
             0.9, weight decay 5e-4. From the CLI, ``--optimizer`` overrides it.
         lr_scheduler: optional callable ``optimizer -> LRScheduler`` (stepped per epoch).
     """
+
+    check_finite_loss: bool = True
 
     def __init__(
         self,
@@ -181,7 +188,14 @@ class FeatureClassifier(LightningModule):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self.train_metrics, on_step=True)
+        loss = self._step(batch, self.train_metrics, on_step=True)
+        if self.check_finite_loss and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at global step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}); training stopped before this update. Checkpoints "
+                "written before this step are intact. Lower the learning rate or check the input data."
+            )
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, self.val_metrics, on_step=False)
@@ -193,6 +207,29 @@ class FeatureClassifier(LightningModule):
         """Class probabilities ``softmax(logits)``, shape ``(N, num_classes)``."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return torch.softmax(self(x), dim=1)
+
+    # ----------------------------------------------------------------- resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the random state that dropout draws from, so a resumed run repeats the same masks."""
+        state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        device = self.device
+        if device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(device)
+        checkpoint["deepfeat_rng_state"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("deepfeat_rng_state")
+        if not state:
+            return
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            self._pending_cuda_rng_state = state["cuda"]
+
+    def on_fit_start(self) -> None:
+        pending = getattr(self, "_pending_cuda_rng_state", None)
+        if pending is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(pending, self.device)
+        self._pending_cuda_rng_state = None
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
