@@ -1,0 +1,409 @@
+r"""``DivideLROnPlateau``: divide every learning rate by a constant when the monitored error plateaus."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch.optim import Optimizer
+
+from lightning_deepfeat.callbacks._utils import check_choice, check_int, check_number, reduce_mean_consistent
+
+log = logging.getLogger(__name__)
+
+_MODES = ("min", "max")
+_THRESHOLD_MODES = ("rel", "abs")
+
+
+class DivideLROnPlateau(Callback):
+    r"""Divide the learning rate of every parameter group by ``divisor`` when ``monitor`` stops improving.
+
+    The rule of the recipe: watch the training error as more examples are processed and,
+    when it plateaus, divide the learning rate by 10 (Krizhevsky et al. 2012 did the same on
+    the validation error, three times).
+
+    **Decision rule.** Each check receives one value :math:`a_t` of the monitored metric
+    (averaged over processes, see below). With ``best`` initialised to :math:`+\infty`
+    (``mode="min"``) or :math:`-\infty` (``"max"``), :math:`a_t` is an *improvement* when it is
+    finite and
+
+    .. math::
+        \text{min, rel: } a_t < b - |b|\,\tau \qquad
+        \text{min, abs: } a_t < b - \tau \qquad
+        \text{max, rel: } a_t > b + |b|\,\tau \qquad
+        \text{max, abs: } a_t > b + \tau
+
+    where :math:`b` is the best value so far and :math:`\tau` the ``threshold`` (any finite
+    :math:`a_t` improves on an infinite :math:`b`). The ``|b|`` makes the relative rule right
+    for negative metrics, where torch's ``b(1 - \tau)`` is not (pytorch issue 47513); NaN and
+    :math:`\pm\infty` are never improvements. Then, exactly as
+    ``torch.optim.lr_scheduler.ReduceLROnPlateau(factor=1/divisor)``:
+
+    * an improvement sets :math:`b \leftarrow a_t` and the bad-check counter to 0, anything
+      else increments it;
+    * during the ``cooldown`` checks that follow a drop the counter is held at 0;
+    * when the counter exceeds ``patience`` every learning rate becomes
+      :math:`\eta_g \leftarrow \max(\eta_g / d,\ \eta^{\min}_g)` (unchanged when that moves
+      it by less than ``eps``), the cooldown starts and the counter is reset.
+
+    Every parameter group of every optimizer is divided by the same :math:`d`, so their
+    ratios are kept until a group reaches its floor.
+
+    **When it checks.** Once per epoch by default: right after validation when ``monitor``
+    is logged by the validation loop (so ``check_val_every_n_epoch > 1`` simply means fewer
+    checks), otherwise at the end of the training epoch. With ``check_every_n_steps=N`` it
+    instead checks every ``N`` optimizer steps on the mean of the monitored value over those
+    steps: either a value the module logs every step (``self.log(monitor, v, on_step=True)``)
+    or, for :class:`~lightning_deepfeat.models.FeatureClassifier`'s epoch-level
+    ``train_error``, the exact sample-weighted error of the last ``N`` steps read from the
+    metric's running counts.
+
+    Checks happen before :class:`~lightning.pytorch.callbacks.ModelCheckpoint` writes the
+    checkpoint of that epoch (Lightning runs checkpoint callbacks last), so a run resumed from
+    any epoch's checkpoint reproduces the uninterrupted learning-rate sequence.
+
+    **Distributed runs.** The monitored value is averaged over processes and rank 0's mean is
+    broadcast before deciding, so every process takes the same decision even when the metric
+    was logged without ``sync_dist``.
+
+    Args:
+        monitor: the logged key to watch (default ``"train_error"``).
+        mode: ``"min"`` (an error: lower is better) or ``"max"``.
+        divisor: :math:`d > 1`; each drop divides the learning rates by it (default 10).
+        patience: number of checks without improvement tolerated; the drop happens on the
+            ``patience + 1``-th (torch semantics). ``>= 0``.
+        threshold: :math:`\tau \geq 0`, the minimal change that counts as an improvement.
+        threshold_mode: ``"rel"`` (:math:`|b|\tau`) or ``"abs"`` (:math:`\tau`).
+        cooldown: checks ignored after each drop (``>= 0``).
+        min_lr: floor of the learning rate, a float or one per parameter group (all groups
+            of all optimizers, in order).
+        eps: smallest change of learning rate that is applied (as torch, default 1e-8).
+        max_drops: stop dividing after this many drops (``None``: no limit).
+        stop_on_final_plateau: when ``max_drops`` drops were made and the metric plateaus
+            again, stop training (``trainer.should_stop``).
+        check_every_n_steps: check every ``N`` optimizer steps on the mean of the last ``N``
+            steps instead of once per epoch.
+        strict: a missing ``monitor`` key raises (listing the available keys) when ``True``,
+            warns and skips the check when ``False``.
+        verbose: print each drop (rank 0 only).
+
+    The current learning rates are in :attr:`current_lrs` and are sent to the trainer's
+    loggers as ``lr`` (one group) or ``lr-opt{i}-pg{j}`` after each check.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "train_error",
+        mode: str = "min",
+        divisor: float = 10.0,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float | Sequence[float] = 0.0,
+        eps: float = 1e-8,
+        max_drops: int | None = None,
+        stop_on_final_plateau: bool = False,
+        check_every_n_steps: int | None = None,
+        strict: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` must be a non-empty string naming a logged metric, got {monitor!r}.")
+        self.monitor = monitor
+        self.mode = check_choice("mode", mode, _MODES)
+        self.divisor = check_number("divisor", divisor, low=1.0, low_inclusive=False, allow="a finite number > 1")
+        self.patience = check_int("patience", patience, low=0)
+        self.threshold = check_number("threshold", threshold, low=0.0, allow="a finite number >= 0")
+        self.threshold_mode = check_choice("threshold_mode", threshold_mode, _THRESHOLD_MODES)
+        self.cooldown = check_int("cooldown", cooldown, low=0)
+        if isinstance(min_lr, (list, tuple)):
+            if not min_lr:
+                raise ValueError("`min_lr` must be a float >= 0 or a non-empty list of them, got [].")
+            self.min_lr: float | list[float] = [
+                check_number("min_lr", v, low=0.0, allow="a finite float >= 0 or a list of them") for v in min_lr
+            ]
+        else:
+            self.min_lr = check_number("min_lr", min_lr, low=0.0, allow="a finite float >= 0 or a list of them")
+        self.eps = check_number("eps", eps, low=0.0, allow="a finite number >= 0")
+        self.max_drops = check_int("max_drops", max_drops, low=0, allow_none=True)
+        if not isinstance(stop_on_final_plateau, bool):
+            raise ValueError(f"`stop_on_final_plateau` must be a bool, got {stop_on_final_plateau!r}.")
+        if stop_on_final_plateau and max_drops is None:
+            raise ValueError("`stop_on_final_plateau=True` needs `max_drops` (an int >= 0), got max_drops=None.")
+        self.stop_on_final_plateau = stop_on_final_plateau
+        self.check_every_n_steps = check_int("check_every_n_steps", check_every_n_steps, low=1, allow_none=True)
+        self.strict = bool(strict)
+        self.verbose = bool(verbose)
+
+        # decision state (saved in checkpoints)
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_checks = 0
+        self.cooldown_counter = 0
+        self.num_drops = 0
+        self.num_checks = 0
+        self.stopped = False
+        # step-mode window (saved in checkpoints)
+        self._window_sum = 0.0
+        self._window_count = 0.0
+        self._last_global_step = -1
+        # per-run bookkeeping (not saved)
+        self._decided_epoch = -1
+        self._val_ran_epoch = -1
+        self._counts_base: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._warned_missing = False
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, check_every_n_steps=self.check_every_n_steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "num_bad_checks": self.num_bad_checks,
+            "cooldown_counter": self.cooldown_counter,
+            "num_drops": self.num_drops,
+            "num_checks": self.num_checks,
+            "stopped": self.stopped,
+            "window_sum": float(self._window_sum),
+            "window_count": float(self._window_count),
+            "last_global_step": self._last_global_step,
+            "divisor": self.divisor,
+            "patience": self.patience,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = float(state_dict["best"])
+        self.num_bad_checks = int(state_dict["num_bad_checks"])
+        self.cooldown_counter = int(state_dict["cooldown_counter"])
+        self.num_drops = int(state_dict["num_drops"])
+        self.num_checks = int(state_dict["num_checks"])
+        self.stopped = bool(state_dict.get("stopped", False))
+        self._window_sum = float(state_dict.get("window_sum", 0.0))
+        self._window_count = float(state_dict.get("window_count", 0.0))
+        self._last_global_step = int(state_dict.get("last_global_step", -1))
+
+    # ------------------------------------------------------------------ pure logic
+    def is_improvement(self, current: float, best: float) -> bool:
+        """Whether ``current`` improves on ``best`` (see the class docstring); NaN/inf never do."""
+        if not math.isfinite(current):
+            return False
+        if not math.isfinite(best):
+            return best == (math.inf if self.mode == "min" else -math.inf)
+        margin = abs(best) * self.threshold if self.threshold_mode == "rel" else self.threshold
+        return current < best - margin if self.mode == "min" else current > best + margin
+
+    def step(self, current: float, optimizers: Sequence[Optimizer]) -> bool:
+        """Feed one monitored value; divide the learning rates of ``optimizers`` on a plateau.
+
+        This is the whole decision (the Lightning hooks only gather the value). Returns
+        ``True`` when the plateau rule fired (a drop was due), whether or not a learning rate
+        moved (``min_lr``, ``max_drops``).
+        """
+        current = float(current)
+        self.num_checks += 1
+        if self.is_improvement(current, self.best):
+            self.best = current
+            self.num_bad_checks = 0
+        else:
+            self.num_bad_checks += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_checks = 0
+        if self.num_bad_checks <= self.patience:
+            return False
+        self.cooldown_counter = self.cooldown
+        self.num_bad_checks = 0
+        if self.max_drops is not None and self.num_drops >= self.max_drops:
+            if self.stop_on_final_plateau:
+                self.stopped = True
+            return True
+        if self._divide(optimizers):
+            self.num_drops += 1
+        return True
+
+    def _floors(self, groups: list[dict[str, Any]]) -> list[float]:
+        if isinstance(self.min_lr, list):
+            if len(self.min_lr) != len(groups):
+                raise ValueError(
+                    f"`min_lr` has {len(self.min_lr)} values but the optimizers have {len(groups)} parameter "
+                    f"groups in all; pass one float or exactly {len(groups)} values, got {self.min_lr!r}."
+                )
+            return list(self.min_lr)
+        return [self.min_lr] * len(groups)
+
+    def _divide(self, optimizers: Sequence[Optimizer]) -> bool:
+        groups = [g for opt in optimizers for g in opt.param_groups]
+        changed = False
+        for group, floor in zip(groups, self._floors(groups)):
+            old = float(group["lr"])
+            new = max(old / self.divisor, floor)
+            if old - new > self.eps:
+                group["lr"] = new
+                changed = True
+        return changed
+
+    @property
+    def current_lrs(self) -> list[float]:
+        """Learning rate of every parameter group of every optimizer of the last fit, in order."""
+        return [float(g["lr"]) for opt in getattr(self, "_optimizers", []) for g in opt.param_groups]
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.lr_scheduler_configs:
+            names = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
+            raise MisconfigurationException(
+                f"DivideLROnPlateau(monitor={self.monitor!r}) owns the learning rate, but the module's "
+                f"`configure_optimizers` also returns a learning-rate scheduler ({names}). Two owners of the "
+                "learning rate cannot both be right: remove the scheduler or this callback."
+            )
+        self._optimizers = list(trainer.optimizers)
+        if not self._optimizers:
+            raise MisconfigurationException("DivideLROnPlateau needs at least one optimizer; the module configured none.")
+        self._floors([g for opt in self._optimizers for g in opt.param_groups])  # validate min_lr length now
+        self._decided_epoch = -1
+        self._val_ran_epoch = -1
+        if self.check_every_n_steps is None and not self.monitor.startswith("val"):
+            for cb in trainer.checkpoint_callbacks:
+                if isinstance(cb, ModelCheckpoint) and not cb._should_save_on_train_epoch_end(trainer):
+                    rank_zero_warn(
+                        f"DivideLROnPlateau monitors the training metric {self.monitor!r}, decided at the end of the "
+                        "training epoch, but ModelCheckpoint saves at the end of validation (before that). A run "
+                        "resumed from such a checkpoint may drop one epoch late; pass "
+                        "`ModelCheckpoint(save_on_train_epoch_end=True)` for exact resumption."
+                    )
+        self._log_lrs(trainer)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._counts_base = None
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.check_every_n_steps is not None or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._val_ran_epoch = trainer.current_epoch
+        fresh = _fresh_metrics(trainer, on_step=False)
+        if self.monitor in fresh:
+            self._decided_epoch = trainer.current_epoch
+            self._check(trainer, pl_module, fresh[self.monitor])
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.check_every_n_steps is not None or self._decided_epoch == trainer.current_epoch:
+            return
+        fresh = _fresh_metrics(trainer, on_step=False)
+        if self.monitor in fresh:
+            self._check(trainer, pl_module, fresh[self.monitor])
+            return
+        if self.monitor in trainer.callback_metrics:
+            return  # logged elsewhere (e.g. by a validation that did not run this epoch): nothing new
+        if trainer.enable_validation and self._val_ran_epoch != trainer.current_epoch:
+            return  # it may be a validation metric of a validation that has not run yet
+        self._missing(trainer)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.check_every_n_steps is None:
+            return
+        fresh = _fresh_metrics(trainer, on_step=True)
+        value = fresh.get(self.monitor, fresh.get(f"{self.monitor}_step"))
+        if value is not None:
+            self._window_sum = self._window_sum + torch.as_tensor(value, dtype=torch.float64).detach()
+            self._window_count += 1.0
+        else:
+            counts = _error_counts(pl_module, self.monitor)
+            if counts is None:
+                self._missing(trainer)
+            else:  # FeatureClassifier fast path: errors and samples seen since the last batch
+                wrong, seen = counts
+                base_wrong, base_seen = self._counts_base if self._counts_base is not None else (0, 0)
+                self._window_sum = self._window_sum + (wrong - base_wrong).double()
+                self._window_count = self._window_count + (seen - base_seen).double()
+                self._counts_base = (wrong.clone(), seen.clone())
+        step = trainer.global_step
+        if step == self._last_global_step or step == 0 or step % self.check_every_n_steps != 0:
+            return
+        self._last_global_step = step
+        count = torch.as_tensor(self._window_count, dtype=torch.float64)
+        if float(count) == 0.0:
+            return
+        mean = torch.as_tensor(self._window_sum, dtype=torch.float64) / count
+        self._window_sum, self._window_count = 0.0, 0.0
+        self._check(trainer, pl_module, mean)
+
+    # ------------------------------------------------------------------ helpers
+    def _missing(self, trainer: Trainer) -> None:
+        available = sorted(trainer.callback_metrics)
+        msg = (
+            f"DivideLROnPlateau(monitor={self.monitor!r}) found no such logged metric. Available keys: "
+            f"{', '.join(repr(k) for k in available) or '(none)'}."
+        )
+        if self.strict:
+            raise RuntimeError(msg + " Pass `strict=False` to skip the check instead.")
+        if not self._warned_missing:
+            rank_zero_warn(msg + " Skipping the check (strict=False).")
+            self._warned_missing = True
+
+    def _check(self, trainer: Trainer, pl_module: LightningModule, value: Any) -> None:
+        tensor = torch.as_tensor(value).detach().to(device=pl_module.device, dtype=torch.float64).reshape(())
+        current = float(reduce_mean_consistent(trainer, tensor))
+        before = self.current_lrs
+        drops_before = self.num_drops
+        self.step(current, trainer.optimizers)
+        if self.num_drops > drops_before and self.verbose:
+            after = self.current_lrs
+            rank_zero_info(
+                f"DivideLROnPlateau: {self.monitor}={current:.6g} has not improved on {self.best:.6g}; "
+                f"learning rate divided by {self.divisor:g} (drop {self.num_drops}"
+                f"{'' if self.max_drops is None else f'/{self.max_drops}'}): "
+                + ", ".join(f"{a:.4g} -> {b:.4g}" for a, b in zip(before, after))
+            )
+        if self.stopped and not trainer.should_stop:
+            trainer.should_stop = True
+            if self.verbose:
+                rank_zero_info(
+                    f"DivideLROnPlateau: {self.monitor} plateaued again after the last of {self.max_drops} drops; "
+                    "stopping training."
+                )
+        self._log_lrs(trainer)
+
+    def _log_lrs(self, trainer: Trainer) -> None:
+        if not trainer.loggers:
+            return
+        lrs = {}
+        for i, opt in enumerate(trainer.optimizers):
+            for j, group in enumerate(opt.param_groups):
+                lrs[(i, j)] = float(group["lr"])
+        metrics = {"lr": lrs[(0, 0)]} if len(lrs) == 1 else {f"lr-opt{i}-pg{j}": v for (i, j), v in lrs.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _fresh_metrics(trainer: Trainer, on_step: bool) -> dict[str, Any]:
+    """Metrics logged (for callbacks) in the loop running now: this epoch's or this step's values."""
+    results = getattr(trainer, "_results", None)
+    if results is None:
+        return {}
+    try:
+        return dict(results.metrics(on_step)["callback"])
+    except Exception:  # pragma: no cover - private API changed: fall back on the public view
+        return dict(trainer.callback_metrics)
+
+
+def _error_counts(pl_module: LightningModule, monitor: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Running (wrong, seen) counts of a FeatureClassifier-style error metric named ``monitor``."""
+    from torchmetrics import MetricCollection
+
+    for collection in pl_module.modules():
+        if isinstance(collection, MetricCollection) and monitor in collection.keys(keep_base=False):
+            metric = collection[monitor]
+            tp, fn = getattr(metric, "tp", None), getattr(metric, "fn", None)
+            if type(metric).__name__ == "ClassificationError" and tp is not None and fn is not None:
+                return fn.sum(), (tp + fn).sum()
+    return None

@@ -1,0 +1,292 @@
+r"""``MaxNormConstraint``: project each unit's incoming weight vector onto the ball of radius c after every step."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.optim import Optimizer
+
+from lightning_deepfeat.callbacks._utils import check_int, check_number
+
+_DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_HEAD_PATTERNS = ("head.*", "*.head.*")
+
+
+def _resolve_type(spec: str | type) -> type[nn.Module]:
+    if isinstance(spec, type) and issubclass(spec, nn.Module):
+        return spec
+    if isinstance(spec, str):
+        module_name, _, name = spec.rpartition(".")
+        try:
+            if module_name:
+                import importlib
+
+                obj = getattr(importlib.import_module(module_name), name)
+            else:
+                obj = getattr(nn, name)
+        except (ImportError, AttributeError):
+            obj = None
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            return obj
+    raise ValueError(
+        f"`module_types` must list nn.Module classes or their names (e.g. 'Linear', 'Conv2d', "
+        f"'torch.nn.ConvTranspose2d'), got {spec!r}."
+    )
+
+
+def _check_patterns(name: str, patterns: Sequence[str] | str | None) -> list[str]:
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"`{name}` must be a list of fnmatch patterns over parameter names (e.g. ['features.*']), got {patterns!r}.")
+    return list(patterns)
+
+
+class MaxNormConstraint(Callback):
+    r"""Max-norm regularisation (Srivastava et al. 2014): keep :math:`\|w_u\|_2 \le c` for every unit.
+
+    After every optimizer step that really updates the weights, each constrained weight
+    :math:`W` is projected onto the set :math:`\{W : \|W_{u}\|_2 \le c\ \forall u\}`, where
+    :math:`W_u` is the incoming weight vector of output unit :math:`u` (a row of a Linear
+    weight, one filter ``W[u, :, :, :]`` of a convolution, ``W[:, u]`` of a transposed
+    convolution whose weight is ``(in, out, ...)``):
+
+    .. math::
+        W_u \leftarrow W_u \cdot s_u, \qquad
+        s_u = \begin{cases} c / \|W_u\|_2 & \text{if } \|W_u\|_2 > c \\ 1 & \text{otherwise} \end{cases}
+
+    This is the Euclidean projection: a unit inside the ball is left bit-identical (its
+    factor is exactly 1), a unit outside ends on the sphere (norm :math:`c` to float
+    precision). Keras' ``MaxNorm`` instead multiplies every unit by
+    :math:`\min(n, c)/(n + 10^{-7})`, which shrinks small units at every step.
+
+    **When.** The projection runs as a ``register_step_post_hook`` on each optimizer, so it
+    follows every ``optimizer.step()`` that runs: once per step under gradient accumulation,
+    never when ``GradScaler`` skips a step on an inf/NaN gradient, after each optimizer (only
+    on the weights that optimizer owns) and under manual optimisation. It also runs once at
+    fit start, so the bound holds from the first step.
+
+    **Cost.** One fused pass per weight (norm, ``where``, in-place multiply); no ``.item()``,
+    no host-device synchronisation (except every ``log_every_n_steps`` steps when logging).
+
+    **Distributed.** Under DDP each process applies the same deterministic projection to the
+    same weights, which therefore stay bitwise identical. FSDP (1) flattens and shards
+    parameters across units, so a local projection would be silently wrong: it is refused
+    at setup. With DTensor parameters (FSDP2 / ``ModelParallelStrategy``) sharded only on the
+    unit dimension the local projection is exact and is used; any other placement is refused.
+
+    Args:
+        max_norm: :math:`c > 0` (the paper uses 3-4; default 3).
+        module_types: which layers are constrained, as classes or names
+            (default ``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``; add ``ConvTranspose2d``
+            etc. as needed). Only their ``weight`` is constrained, never biases.
+        include: fnmatch patterns over parameter names (``"features.*"``); when given, only
+            matching weights are constrained. Each pattern must match some parameter.
+        exclude: fnmatch patterns of weights to leave alone. Each must match some parameter.
+        exclude_head: leave out every parameter under a module named ``head`` (the
+            logistic-regression head of :class:`~lightning_deepfeat.models.FeatureClassifier`);
+            default ``True``, since the recipe constrains the feature weights :math:`W_k`.
+        dim: the unit axis. ``None`` (default): 0, or 1 for transposed convolutions. An int
+            uses that axis for every weight (norm over all other axes), like ``torch.renorm``.
+        log_every_n_steps: every ``N`` steps, log to the loggers the fraction of units sitting
+            on the bound, per weight (``maxnorm/on_bound/<name>``). ``None``: never.
+    """
+
+    def __init__(
+        self,
+        max_norm: float = 3.0,
+        module_types: Sequence[str | type] | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        exclude_head: bool = True,
+        dim: int | None = None,
+        log_every_n_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_norm = check_number("max_norm", max_norm, low=0.0, low_inclusive=False, allow="a finite number > 0")
+        if module_types is None:
+            self.module_types = _DEFAULT_TYPES
+        else:
+            if isinstance(module_types, (str, type)) or not isinstance(module_types, Sequence) or not module_types:
+                raise ValueError(f"`module_types` must be a non-empty list of nn.Module classes or names, got {module_types!r}.")
+            self.module_types = tuple(_resolve_type(t) for t in module_types)
+        self.include = _check_patterns("include", include)
+        self.exclude = _check_patterns("exclude", exclude)
+        if not isinstance(exclude_head, bool):
+            raise ValueError(f"`exclude_head` must be a bool, got {exclude_head!r}.")
+        self.exclude_head = exclude_head
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise ValueError(f"`dim` must be an int axis or None (one norm per output unit), got {dim!r}.")
+        self.dim = dim
+        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, low=1, allow_none=True)
+
+        self.constrained: dict[str, tuple[torch.Tensor, int]] = {}
+        self.num_applications = 0  #: number of projections run (fit start + each real optimizer step)
+        self._per_optimizer: list[list[tuple[str, torch.Tensor, int]]] = []
+        self._handles: list[Any] = []
+        self._calls = 0
+        self._trainer: Trainer | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(max_norm=self.max_norm, include=self.include, exclude=self.exclude)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_applications": self.num_applications, "calls": self._calls}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.num_applications = int(state_dict.get("num_applications", 0))
+        self._calls = int(state_dict.get("calls", 0))
+
+    # ------------------------------------------------------------------ selection
+    def select(self, module: nn.Module) -> dict[str, tuple[torch.Tensor, int]]:
+        """The weights this callback constrains in ``module``: ``{name: (weight, unit_dim)}``.
+
+        Raises ``ValueError`` when an ``include``/``exclude`` pattern matches no parameter, a
+        ``dim`` is out of range, or nothing at all is selected.
+        """
+        all_names = [n for n, _ in module.named_parameters()]
+        for arg, patterns in (("include", self.include), ("exclude", self.exclude)):
+            for pattern in patterns:
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
+                    raise ValueError(
+                        f"`{arg}` pattern {pattern!r} matches no parameter of {type(module).__name__}; "
+                        f"parameter names look like {all_names[:6]}."
+                    )
+        selected: dict[str, tuple[torch.Tensor, int]] = {}
+        for mod_name, mod in module.named_modules():
+            if not isinstance(mod, self.module_types) or not isinstance(getattr(mod, "weight", None), torch.Tensor):
+                continue
+            name = f"{mod_name}.weight" if mod_name else "weight"
+            if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+                continue
+            if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
+                continue
+            if self.exclude_head and any(fnmatch.fnmatchcase(name, p) for p in _HEAD_PATTERNS):
+                continue
+            weight = mod.weight
+            if weight.dim() < 2:
+                continue
+            unit_dim = self.dim if self.dim is not None else (1 if isinstance(mod, _TRANSPOSED) else 0)
+            if not -weight.dim() <= unit_dim < weight.dim():
+                raise ValueError(f"`dim`={self.dim} is out of range for {name} of shape {tuple(weight.shape)}.")
+            selected[name] = (weight, unit_dim % weight.dim())
+        if not selected:
+            raise ValueError(
+                f"MaxNormConstraint selected no weight in {type(module).__name__}: module_types="
+                f"{[t.__name__ for t in self.module_types]}, include={self.include}, exclude={self.exclude}, "
+                f"exclude_head={self.exclude_head}."
+            )
+        return selected
+
+    # ------------------------------------------------------------------ projection
+    @torch.no_grad()
+    def project(self, weights: Sequence[tuple[torch.Tensor, int]]) -> None:
+        r"""Project each ``(weight, unit_dim)`` in place: :math:`W_u \leftarrow W_u \min(1, c/\|W_u\|)`."""
+        c = self.max_norm
+        for weight, unit_dim in weights:
+            local = _local(weight)
+            other = [d for d in range(local.dim()) if d != unit_dim]
+            norms = torch.linalg.vector_norm(local, 2, dim=other, keepdim=True)
+            scale = torch.where(norms > c, c / norms, torch.ones_like(norms))
+            local.mul_(scale)
+        self.num_applications += 1
+
+    def fraction_on_bound(self, rtol: float = 1e-5) -> dict[str, torch.Tensor]:
+        """Per constrained weight, the fraction of units whose norm is within ``rtol`` of :math:`c` (a tensor, no sync)."""
+        out = {}
+        with torch.no_grad():
+            for name, (weight, unit_dim) in self.constrained.items():
+                local = _local(weight)
+                other = [d for d in range(local.dim()) if d != unit_dim]
+                norms = torch.linalg.vector_norm(local, 2, dim=other)
+                out[name] = (norms >= self.max_norm * (1 - rtol)).float().mean()
+        return out
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise MisconfigurationException(
+                "MaxNormConstraint cannot run under FSDPStrategy: FSDP flattens and shards parameters across "
+                "units, so a local projection would use partial row norms and be silently wrong. Use DDP, or "
+                "FSDP2 (ModelParallelStrategy / fully_shard) with weights sharded on dim 0."
+            )
+        self.select(pl_module)  # validate patterns before any training step
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._remove_hooks()
+        self._trainer = trainer
+        self.constrained = self.select(pl_module)
+        for name, (weight, unit_dim) in self.constrained.items():
+            _check_placement(name, weight, unit_dim)
+        by_id = {id(w): (name, w, d) for name, (w, d) in self.constrained.items()}
+        self._per_optimizer = []
+        for opt in trainer.optimizers:
+            owned = [by_id[id(p)] for g in opt.param_groups for p in g["params"] if id(p) in by_id]
+            self._per_optimizer.append(owned)
+            if owned:
+                self._handles.append(opt.register_step_post_hook(self._make_hook(owned)))
+        self.project([(w, d) for w, d in self.constrained.values()])
+
+    def _make_hook(self, owned: list[tuple[str, torch.Tensor, int]]) -> Any:
+        weights = [(w, d) for _, w, d in owned]
+
+        def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            self.project(weights)
+            self._calls += 1
+            if self.log_every_n_steps is not None and self._calls % self.log_every_n_steps == 0:
+                self._log_fraction()
+
+        return hook
+
+    def _log_fraction(self) -> None:
+        trainer = self._trainer
+        if trainer is None or not trainer.loggers:
+            return
+        metrics = {f"maxnorm/on_bound/{n}": float(v) for n, v in self.fraction_on_bound().items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_hooks()
+        self._trainer = None
+
+
+def _local(weight: torch.Tensor) -> torch.Tensor:
+    """The locally stored tensor of a (possibly DTensor) parameter, as a view that in-place ops write through."""
+    to_local = getattr(weight, "to_local", None)
+    data = weight.detach()
+    return data.to_local() if to_local is not None and callable(getattr(data, "to_local", None)) else data
+
+
+def _check_placement(name: str, weight: torch.Tensor, unit_dim: int) -> None:
+    placements = getattr(weight, "placements", None)
+    if placements is None:
+        return
+    from torch.distributed.tensor import Replicate, Shard
+
+    ok = all(isinstance(p, Replicate) or (isinstance(p, Shard) and p.dim == unit_dim) for p in placements)
+    if not ok:
+        raise MisconfigurationException(
+            f"MaxNormConstraint: {name} is a DTensor with placements {placements}; the unit norms over "
+            f"dim != {unit_dim} would be partial. Only Shard({unit_dim}) or Replicate are supported."
+        )
