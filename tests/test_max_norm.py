@@ -298,3 +298,18 @@ def test_ddp_weights_identical_across_processes(tmp_path):
     for k, (unit_dim, norm_max) in torch.load(tmp_path / "bounds0.pt").items():
         assert norm_max <= C + 1e-6, k
     assert len(torch.load(tmp_path / "bounds0.pt")) == 2  # the two hidden layers, not the head
+
+
+def test_mnist_dropout_maxnorm_config_parses(capsys):
+    from pathlib import Path
+
+    from lightning_deepfeat.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "mnist_dropout_maxnorm.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "lightning_deepfeat.callbacks.MaxNormConstraint" in out and "max_norm: 3.5" in out
+    assert "lightning_deepfeat.callbacks.DivideLROnPlateau" in out and "monitor: train_error" in out
+    assert "input_dropout: 0.2" in out and "dropout: 0.5" in out and "MNISTDataModule" in out
