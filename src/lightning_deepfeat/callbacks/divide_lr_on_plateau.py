@@ -274,7 +274,8 @@ class DivideLROnPlateau(Callback):
         self._val_ran_epoch = -1
         if self.check_every_n_steps is None and not self.monitor.startswith("val"):
             for cb in trainer.checkpoint_callbacks:
-                if isinstance(cb, ModelCheckpoint) and not cb._should_save_on_train_epoch_end(trainer):
+                saves_at_epoch_end = getattr(cb, "_should_save_on_train_epoch_end", lambda _: True)
+                if isinstance(cb, ModelCheckpoint) and not saves_at_epoch_end(trainer):
                     rank_zero_warn(
                         f"DivideLROnPlateau monitors the training metric {self.monitor!r}, decided at the end of the "
                         "training epoch, but ModelCheckpoint saves at the end of validation (before that). A run "
