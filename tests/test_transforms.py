@@ -152,6 +152,16 @@ def test_crop_into_preallocated_output():
     assert torch.equal(out, crop_batch(images, top, left, (32, 32)))
 
 
+def test_crop_fused_with_a_gather_from_the_whole_data_set():
+    data = _batch((10, 3, 40, 40))
+    index, top, left = torch.tensor([7, 2, 7, 0]), torch.tensor([0, 8, 3, 1]), torch.tensor([8, 0, 2, 5])
+    assert torch.equal(crop_batch(data, top, left, (32, 32), index=index), crop_batch(data[index], top, left, (32, 32)))
+    cl = data.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(crop_batch(cl, top, left, (32, 32), index=index), crop_batch(data[index], top, left, (32, 32)))
+    with pytest.raises(ValueError, match="one entry per output image"):
+        crop_batch(data, top, left, (32, 32), index=index[:3])
+
+
 def test_center_crop_matches_torchvision():
     images = _batch((3, 3, 256, 250))
     out = CenterCrop(224)(images)

@@ -84,7 +84,12 @@ def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> to
 
 
 def crop_batch(
-    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: tuple[int, int], out: torch.Tensor | None = None
+    images: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    size: tuple[int, int],
+    out: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Cut one ``size`` window per image: ``out[n] = images[n, :, top[n]:top[n]+h, left[n]:left[n]+w]``.
 
@@ -98,6 +103,9 @@ def crop_batch(
         size: ``(h, w)``.
         out: optional preallocated ``(N, C, h, w)`` output of the same dtype, device and
             memory format (saves the page faults of a fresh allocation on every batch).
+        index: optional ``(B,)`` image indices: crop ``images[index[b]]`` for ``b < B``
+            (``top``/``left`` then have ``B`` entries). This fuses a batch gather out of
+            a whole data set with the crop, so each output byte is copied once.
     """
     _check_batch(images)
     n, c, height, width = images.shape
@@ -108,12 +116,15 @@ def crop_batch(
     images = images.contiguous(memory_format=fmt)
     top = top.to(device=images.device, dtype=torch.long)
     left = left.to(device=images.device, dtype=torch.long)
-    if n == 0:
-        return images.new_empty((0, c, h, w)).contiguous(memory_format=fmt)
+    rows = torch.arange(n, device=images.device) if index is None else index.to(device=images.device, dtype=torch.long)
+    if rows.shape != top.shape or top.shape != left.shape:
+        raise ValueError(f"`top`, `left` (and `index`) need one entry per output image, got {tuple(top.shape)}, {tuple(left.shape)}, {tuple(rows.shape)}.")
+    if rows.numel() == 0 or n == 0:
+        return images.new_empty((rows.numel(), c, h, w)).contiguous(memory_format=fmt)
     sn, sc, sh, sw = images.stride()
     # every window starts at a storage offset n*sn + t*sh + l*sw; a view whose first dim
     # walks the storage one element at a time holds them all, overlapping, without a copy
-    starts = torch.arange(n, device=images.device) * sn + top * sh + left * sw
+    starts = rows * sn + top * sh + left * sw
     length = (n - 1) * sn + (height - h) * sh + (width - w) * sw + 1
     if fmt == torch.channels_last:
         windows = images.as_strided((length, h, w, c), (1, sh, sw, sc), images.storage_offset())
