@@ -1,0 +1,186 @@
+"""Translation-augmentation throughput, end to end: data set in memory -> augmented uint8 batch.
+
+    python -m benchmarks.translation [--quick] [--json FILE]
+
+Contenders, per image size (1×28×28 and 3×32×32 shifted by ±2 / ±4 px; 3×256 -> 224 random crops):
+
+* ``ours``: :class:`~lightning_deepfeat.data.InMemoryBatchLoader` (one index gather per
+  batch) followed by the batched :class:`~lightning_deepfeat.data.RandomTranslate` /
+  :class:`~lightning_deepfeat.data.RandomCrop` (one more gather);
+* ``torchvision``: ``v2.RandomCrop(size, padding=s)`` applied per sample in a ``Dataset``,
+  batched by a ``DataLoader`` with 0 and 2 worker processes (workers persistent, timed
+  after a warm-up epoch, so their start-up is not counted);
+* ``kornia``: the batched ``kornia.augmentation.RandomCrop`` on the gathered batch (it
+  needs float, so the conversion is counted); skipped with a note when kornia is missing;
+* at 256 -> 224 also ``ours fused`` (:func:`~lightning_deepfeat.data.crop_batch` with
+  ``index=``: the gather out of the data set and the crop in one copy) and ``clone``: a
+  plain ``clone()`` of an already-cropped batch of the same size, the memory-bandwidth
+  yardstick; both in bytes/s (of output) next to ours.
+
+Each figure is the median of several repeats; the ratio column is images/s over the
+per-sample torchvision path with 0 workers. ``run(quick)`` returns the rows (dicts) and
+prints the table; ``--quick`` finishes in about 20 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_deepfeat.data import InMemoryBatchLoader, RandomCrop, RandomTranslate, crop_batch
+
+CASES = (
+    # name, stored shape, output (h, w), shift (0 for crop cases), batch size
+    ("1x28x28 ±2", (1, 28, 28), (28, 28), 2, 512),
+    ("3x32x32 ±4", (3, 32, 32), (32, 32), 4, 512),
+    ("3x256->224", (3, 256, 256), (224, 224), 0, 128),
+)
+
+
+class _PerSample(Dataset):
+    """The usual recipe: one uint8 image per ``__getitem__``, torchvision transform, default collate."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Any) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def _median_rate(fn: Any, images_per_call: int, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return images_per_call / statistics.median(times)
+
+
+def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift: int, batch: int, quick: bool) -> list[dict[str, Any]]:
+    from torchvision.transforms import v2
+
+    batches = 4 if quick else 16
+    if shape[-1] >= 128:
+        batches = 2 if quick else 6
+    repeats = 3 if quick else 7
+    n = batch * batches
+    images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 10, (n,))
+    generator = torch.Generator().manual_seed(0)
+    augment = RandomTranslate(shift) if shift else RandomCrop(out_hw)
+    loader = InMemoryBatchLoader(images, labels, batch_size=batch, shuffle=True)
+    out_bytes = n * shape[0] * out_hw[0] * out_hw[1]
+
+    def ours() -> None:
+        for x, _ in loader:
+            augment(x, generator)
+
+    rows: list[dict[str, Any]] = []
+
+    def add(method: str, rate: float | None, note: str = "", **extra: Any) -> None:
+        rows.append({"case": name, "batch": batch, "method": method, "images_per_s": rate, "note": note, **extra})
+
+    rate = _median_rate(ours, n, repeats)
+    add("ours: gather + batched RandomTranslate" if shift else "ours: gather + batched RandomCrop", rate,
+        bytes_per_s=rate * out_bytes / n)
+
+    if not shift:
+        cropper = RandomCrop(out_hw)
+
+        def fused() -> None:
+            order = loader.indices()
+            for b in range(0, n, batch):
+                idx = order[b : b + batch]
+                top, left = cropper.sample_corners(shape[-2:], idx.numel(), generator)
+                crop_batch(images, top, left, out_hw, index=idx)
+
+        rate = _median_rate(fused, n, repeats)
+        add("ours: crop_batch(index=) fused gather + crop", rate, bytes_per_s=rate * out_bytes / n)
+
+    tv = v2.RandomCrop(out_hw, padding=shift) if shift else v2.RandomCrop(out_hw)
+    for workers in (0, 2):
+        dl = DataLoader(_PerSample(images, labels, tv), batch_size=batch, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0)
+
+        def per_sample(dl: DataLoader = dl) -> None:
+            for _ in dl:
+                pass
+
+        reps = max(1, repeats // 2) if workers else repeats
+        add(f"torchvision v2.RandomCrop per sample, DataLoader({workers} workers)", _median_rate(per_sample, n, reps))
+        del dl
+
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        add("kornia RandomCrop (batched, float)", None, note="kornia not installed: pip install kornia")
+    else:
+        k_aug = K.RandomCrop(out_hw, padding=shift) if shift else K.RandomCrop(out_hw)
+
+        def kornia_path() -> None:
+            for x, _ in loader:
+                k_aug(x.float())
+
+        add("kornia RandomCrop (batched, float)", _median_rate(kornia_path, n, repeats))
+
+    if not shift:
+        ready = images[:batch, :, : out_hw[0], : out_hw[1]].contiguous()
+
+        def clone() -> None:
+            for _ in range(batches):
+                ready.clone()
+
+        rate = _median_rate(clone, n, repeats)
+        add("clone() of the same-size batch (memory yardstick)", rate, bytes_per_s=rate * out_bytes / n)
+
+    base = next(r["images_per_s"] for r in rows if "0 workers" in r["method"])
+    for r in rows:
+        r["vs_per_sample"] = r["images_per_s"] / base if r["images_per_s"] else None
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'case':<12} {'batch':>5}  {'method':<62} {'img/s':>11} {'MB/s':>9} {'× per-sample':>12}  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        rate = f"{r['images_per_s']:,.0f}" if r["images_per_s"] else "-"
+        mbps = f"{r['bytes_per_s'] / 1e6:,.0f}" if r.get("bytes_per_s") else ""
+        ratio = f"{r['vs_per_sample']:.1f}" if r.get("vs_per_sample") else "-"
+        lines.append(f"{r['case']:<12} {r['batch']:>5}  {r['method']:<62} {rate:>11} {mbps:>9} {ratio:>12}  {r['note']}")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Measure every case; print the table; return the rows (one dict per case and method)."""
+    rows: list[dict[str, Any]] = []
+    for case in CASES:
+        rows += _case_rows(*case, quick=quick)
+    print(f"translation throughput, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'quick' if quick else 'full'} mode; data in memory -> augmented uint8 batch on CPU")
+    print(format_table(rows))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer batches and repeats (about 20 s)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
