@@ -54,7 +54,8 @@ def _config(tmp: Path, name: str, extra_callbacks: list[dict] | None = None) -> 
         {"class_path": "_scaling_helpers.RecordLRs", "init_args": {"path": str(tmp / f"lrs_{name}.pt")}},
         *(extra_callbacks or []),
     ]
-    config["data"]["init_args"]["translate"] = 1  # augmentation on: its RNG must resume
+    config["data"]["init_args"].update(translate=1, batch_size=32)  # augmentation on: its RNG must resume
+    config["model"]["init_args"]["features"]["init_args"]["dropout"] = 0.5  # dropout on: its RNG must resume
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -126,7 +127,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
             assert torch.equal(a["metrics"][key], b["metrics"][key]), f"metric {key}: {a['metrics'][key]} != {b['metrics'][key]}"
     ref_rows, run_rows = _csv_rows(tmp_path, "ref"), _csv_rows(tmp_path, "run")
     lr_ref, lr_run = _by(ref_rows, "lr", "step"), _by(run_rows, "lr", "step")  # logged by the plateau callback
-    assert lr_run and {s: v for s, v in lr_ref.items() if s >= LAST_CKPT_STEP} == lr_run
+    # (steps >= the checkpoint's: DivideLROnPlateau also logs the LR once at fit start, before Lightning
+    # restores the optimizer, i.e. an extra `lr` row at step 0 in the resumed log; see docs/reliability.md)
+    after = lambda d: {s: v for s, v in d.items() if s >= LAST_CKPT_STEP}  # noqa: E731
+    assert after(lr_run) and after(lr_ref) == after(lr_run)
     for key in ("val_error", "val_loss", "val_acc"):
         ref_epochs, run_epochs = _by(ref_rows, key, "epoch"), _by(run_rows, key, "epoch")
         assert ref_epochs[1] == run_epochs[1], f"{key} of the resumed epoch: {ref_epochs[1]} != {run_epochs[1]}"

@@ -218,12 +218,38 @@ class FeatureClassifier(LightningModule):
         checkpoint["deepfeat_rng_state"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_checkpoint_shapes(checkpoint)
         state = checkpoint.get("deepfeat_rng_state")
         if not state:
             return
         torch.set_rng_state(state["cpu"])
         if "cuda" in state and torch.cuda.is_available():
             self._pending_cuda_rng_state = state["cuda"]
+
+    def _check_checkpoint_shapes(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another ``num_classes`` with a message naming it (not a size-mismatch dump)."""
+        # the head's rows, not the hyper-parameters: load_from_checkpoint(..., num_classes=k) overwrites those
+        head = checkpoint.get("state_dict", {}).get("head.weight")
+        if isinstance(head, torch.Tensor) and head.dim() == 2 and isinstance(self.head, nn.Linear):
+            saved = int(head.shape[0])
+        else:
+            saved = checkpoint.get("hyper_parameters", {}).get("num_classes")
+        if saved is not None and int(saved) != self.num_classes:
+            raise ValueError(
+                f"The checkpoint was trained with `num_classes`={saved}, but this {type(self).__name__} has "
+                f"`num_classes`={self.num_classes}. Build the model with num_classes={saved} (the data module must "
+                "match), or load only the features φ into a new model for another label set."
+            )
+
+    def setup(self, stage: str) -> None:
+        """Check that the data module's ``num_classes`` (when it declares one) is the model's, before any step."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if isinstance(data_classes, int) and not isinstance(data_classes, bool) and data_classes > 0 and data_classes != self.num_classes:
+            raise ValueError(
+                f"{type(self).__name__} has `num_classes`={self.num_classes} but {type(datamodule).__name__} has "
+                f"num_classes={data_classes}; pass num_classes={data_classes} to the model (the deepfeat CLI links it)."
+            )
 
     def on_fit_start(self) -> None:
         pending = getattr(self, "_pending_cuda_rng_state", None)
