@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -160,23 +161,38 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Measure every case; print the table; return the rows (one dict per case and method)."""
-    rows: list[dict[str, Any]] = []
-    for case in CASES:
-        rows += _case_rows(*case, quick=quick)
-    print(f"translation throughput, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'quick' if quick else 'full'} mode; data in memory -> augmented uint8 batch on CPU")
-    print(format_table(rows))
-    return rows
+def run(quick: bool = False, threads: int | None = 1) -> list[dict[str, Any]]:
+    """Measure every case; print the table; return the rows (one dict per case and method).
+
+    ``threads``: torch intra-op threads of this process while measuring (``None``: leave
+    as is). The default 1 matches the DataLoader workers (which always run with one
+    thread) and keeps the figures stable on a busy machine: with 2 threads on 2 shared
+    cores, OpenMP's spinning threads slowed the batched path about 15× in our runs.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rows: list[dict[str, Any]] = []
+        for case in CASES:
+            rows += _case_rows(*case, quick=quick)
+        for r in rows:
+            r["threads"] = torch.get_num_threads()
+        print(f"translation throughput, torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
+              f"{os.cpu_count()} CPUs, {'quick' if quick else 'full'} mode; data in memory -> augmented uint8 batch on CPU")
+        print(format_table(rows))
+        return rows
+    finally:
+        torch.set_num_threads(previous)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batches and repeats (about 20 s)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads while measuring (default 1)")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick)
+    rows = run(quick=args.quick, threads=args.threads)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

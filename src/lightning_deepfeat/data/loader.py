@@ -21,7 +21,8 @@ class _EpochSetter:
 class InMemoryBatchLoader:
     """Iterate over ``(images[idx], labels[idx])`` batches of tensors held in memory.
 
-    A batch costs one advanced-index gather, with no per-sample ``__getitem__`` and no
+    A batch costs one gather (``index_select`` along the first dimension, which on CPU is
+    several times faster than ``images[idx]``), with no per-sample ``__getitem__`` and no
     collate. Shuffling draws a permutation from ``seed + epoch``, so every process of a
     DDP job draws the same permutation and then takes its own share: ``perm[rank::world]``.
 
@@ -108,7 +109,8 @@ class InMemoryBatchLoader:
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             self._batches_done = b + 1
-            yield self.images[idx], self.labels[idx]
+            # index_select, not images[idx]: same result, several times faster on CPU
+            yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch and number of batches already produced in it."""
