@@ -57,12 +57,17 @@ def test_translate_moves_content_right_and_down():
     assert out[0, 0, 0, 3] == 9 and int(out.sum()) == 9
 
 
-def test_forward_uses_the_sampled_offsets():
-    module = RandomTranslate(3, padding_mode="replicate")
-    images = _batch((16, 3, 12, 12))
-    out = module(images, torch.Generator().manual_seed(5))
-    dx, dy = module.sample_offsets(16, torch.Generator().manual_seed(5))
-    assert torch.equal(out, translate(images, dx, dy, 3, "replicate"))
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_reuses_its_pad_buffer_exactly(padding_mode, channels_last):
+    """forward() pads into a reused scratch buffer: results equal the functional (fresh pad) path, batch after batch."""
+    module = RandomTranslate((2, 3), padding_mode=padding_mode)
+    for seed, n in ((5, 16), (6, 16), (7, 9), (8, 16)):  # smaller last batch, then full again
+        images = _batch((n, 3, 12, 11), channels_last=channels_last, seed=seed)
+        out = module(images, torch.Generator().manual_seed(seed))
+        dx, dy = module.sample_offsets(n, torch.Generator().manual_seed(seed))
+        assert torch.equal(out, translate(images, dx, dy, (2, 3), padding_mode)), (seed, n)
+        assert memory_format_of(out) == memory_format_of(images)
 
 
 @pytest.mark.parametrize("shift", [1, 3, (2, 4)])

@@ -202,6 +202,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             shuffle=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(self.shuffle_seed) if train else None,
         )
 
