@@ -108,3 +108,28 @@ def assert_state_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], r
         diff = (x - y).norm().item()
         scale = max(x.norm().item(), y.norm().item())
         assert diff <= rtol * scale + atol, f"{key}: |a-b| = {diff:.3g} > {rtol:g} * {scale:.3g}"
+
+
+from lightning_deepfeat.callbacks import DivideLROnPlateau  # noqa: E402
+
+
+class RecordingPlateau(DivideLROnPlateau):
+    """``DivideLROnPlateau`` that records every ``(global_step, value)`` it decides on; saved to ``record`` at fit end."""
+
+    def __init__(self, *args: Any, record: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.record = record
+        self.values: list[tuple[int, float]] = []
+        self._step_now = -1
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        self._step_now = trainer.global_step
+        super().on_train_batch_end(trainer, *args, **kwargs)
+
+    def step(self, current: float, optimizers: Any) -> bool:
+        self.values.append((self._step_now, float(current)))
+        return super().step(current, optimizers)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.record and trainer.is_global_zero:
+            torch.save({"values": torch.tensor(self.values, dtype=torch.float64), "state": self.state_dict()}, self.record)

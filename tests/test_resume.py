@@ -46,9 +46,9 @@ def _config(tmp: Path, name: str, extra_callbacks: list[dict] | None = None) -> 
          "init_args": {"dirpath": str(tmp / f"ckpt_{name}"), "every_n_train_steps": EVERY, "save_top_k": 0,
                        "save_last": True}},
         # patience 0 and a 40% relative threshold: the LR drops within the run (twice at most)
-        {"class_path": "lightning_deepfeat.callbacks.DivideLROnPlateau",
+        {"class_path": "_scaling_helpers.RecordingPlateau",  # DivideLROnPlateau recording what it decides on
          "init_args": {"monitor": "train_error", "check_every_n_steps": 6, "patience": 0, "threshold": 0.4,
-                       "max_drops": 2, "verbose": False}},
+                       "max_drops": 2, "verbose": False, "record": str(tmp / f"plateau_{name}.pt")}},
         {"class_path": "lightning_deepfeat.callbacks.MaxNormConstraint", "init_args": {"max_norm": 1.0}},
         {"class_path": "_scaling_helpers.SaveFinalState", "init_args": {"path": str(tmp / f"final_{name}.pt")}},
         {"class_path": "_scaling_helpers.RecordLRs", "init_args": {"path": str(tmp / f"lrs_{name}.pt")}},
@@ -118,20 +118,26 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert lrs_run[0, 0] == LAST_CKPT_STEP
     torch.testing.assert_close(lrs_run, lrs_ref[LAST_CKPT_STEP:], rtol=0, atol=0)
     assert torch.equal(a["lrs"], b["lrs"])
+    # the plateau's decisions: the same windowed training error at the same steps, and the same final state
+    plateau_ref = torch.load(tmp_path / "plateau_ref.pt", weights_only=True)
+    plateau_run = torch.load(tmp_path / "plateau_run.pt", weights_only=True)
+    after_ckpt = plateau_ref["values"][plateau_ref["values"][:, 0] > LAST_CKPT_STEP]
+    assert len(after_ckpt) >= 3
+    torch.testing.assert_close(plateau_run["values"], after_ckpt, rtol=0, atol=0)
+    assert plateau_run["state"] == plateau_ref["state"]
     # metrics: the final logged metrics, the per-epoch validation error and the printed test error
-    # (the epoch-level train_* of the interrupted epoch only cover the batches after the resume: the
-    # metric states are not in the checkpoint; see docs/reliability.md)
+    # (train_* of the interrupted epoch included: FeatureClassifier checkpoints its running training metrics)
     assert a["metrics"].keys() == b["metrics"].keys()
+    assert {"train_error", "train_loss", "val_error"} <= set(a["metrics"])
     for key in a["metrics"]:
-        if key.startswith("val_"):
-            assert torch.equal(a["metrics"][key], b["metrics"][key]), f"metric {key}: {a['metrics'][key]} != {b['metrics'][key]}"
+        assert torch.equal(a["metrics"][key], b["metrics"][key]), f"metric {key}: {a['metrics'][key]} != {b['metrics'][key]}"
     ref_rows, run_rows = _csv_rows(tmp_path, "ref"), _csv_rows(tmp_path, "run")
     lr_ref, lr_run = _by(ref_rows, "lr", "step"), _by(run_rows, "lr", "step")  # logged by the plateau callback
     # (steps >= the checkpoint's: DivideLROnPlateau also logs the LR once at fit start, before Lightning
     # restores the optimizer, i.e. an extra `lr` row at step 0 in the resumed log; see docs/reliability.md)
     after = lambda d: {s: v for s, v in d.items() if s >= LAST_CKPT_STEP}  # noqa: E731
     assert after(lr_run) and after(lr_ref) == after(lr_run)
-    for key in ("val_error", "val_loss", "val_acc"):
+    for key in ("val_error", "val_loss", "val_acc", "train_error", "train_loss"):
         ref_epochs, run_epochs = _by(ref_rows, key, "epoch"), _by(run_rows, key, "epoch")
         assert ref_epochs[1] == run_epochs[1], f"{key} of the resumed epoch: {ref_epochs[1]} != {run_epochs[1]}"
     assert parse_test_error(resumed.stdout) == ref_error

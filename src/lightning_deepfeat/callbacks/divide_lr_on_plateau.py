@@ -160,6 +160,7 @@ class DivideLROnPlateau(Callback):
         self._val_ran_epoch = -1
         self._counts_base: tuple[torch.Tensor, torch.Tensor] | None = None
         self._warned_missing = False
+        self._base_from_checkpoint = False
 
     # ------------------------------------------------------------------ state
     @property
@@ -177,6 +178,9 @@ class DivideLROnPlateau(Callback):
             "window_sum": float(self._window_sum),
             "window_count": float(self._window_count),
             "last_global_step": self._last_global_step,
+            # running (wrong, seen) counts of the error metric already in the window: a run resumed mid-epoch
+            # whose module restores its running metric (FeatureClassifier does) must not count them twice
+            "counts_base": None if self._counts_base is None else [float(c) for c in self._counts_base],
             "divisor": self.divisor,
             "patience": self.patience,
         }
@@ -191,6 +195,9 @@ class DivideLROnPlateau(Callback):
         self._window_sum = float(state_dict.get("window_sum", 0.0))
         self._window_count = float(state_dict.get("window_count", 0.0))
         self._last_global_step = int(state_dict.get("last_global_step", -1))
+        base = state_dict.get("counts_base")
+        self._counts_base = None if base is None else (torch.tensor(int(base[0])), torch.tensor(int(base[1])))
+        self._base_from_checkpoint = base is not None
 
     # ------------------------------------------------------------------ pure logic
     def is_improvement(self, current: float, best: float) -> bool:
@@ -324,6 +331,10 @@ class DivideLROnPlateau(Callback):
             else:  # FeatureClassifier fast path: errors and samples seen since the last batch
                 wrong, seen = counts
                 base_wrong, base_seen = self._counts_base if self._counts_base is not None else (0, 0)
+                if self._base_from_checkpoint:  # once after a resume (a host sync): were the counts restored?
+                    self._base_from_checkpoint = False
+                    if float(seen) < float(base_seen):  # no: the module restarted its running metric from zero
+                        base_wrong, base_seen = 0, 0
                 self._window_sum = self._window_sum + (wrong - base_wrong).double()
                 self._window_count = self._window_count + (seen - base_seen).double()
                 self._counts_base = (wrong.clone(), seen.clone())

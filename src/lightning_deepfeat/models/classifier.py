@@ -216,9 +216,39 @@ class FeatureClassifier(LightningModule):
         if device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(device)
         checkpoint["deepfeat_rng_state"] = state
+        train_metrics = self._train_metric_checkpoint()
+        if train_metrics is not None:
+            checkpoint["deepfeat_train_metrics"] = train_metrics
+
+    def _train_metric_checkpoint(self) -> dict[str, Any] | None:
+        """The running states of the epoch-level training metrics, summed over processes, mid-epoch only.
+
+        A run resumed mid-epoch then reports the same epoch ``train_*`` values as an
+        uninterrupted one. Only sum-reduced tensor states (``MeanMetric``, the confusion
+        counts of the error) qualify; this is a collective under DDP, like checkpointing.
+        """
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return None
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        total = trainer.num_training_batches
+        if not (0 < done and (not isinstance(total, int) or done < total)):
+            return None  # at an epoch boundary there is nothing to carry over
+        from torchmetrics.utilities.data import dim_zero_sum
+
+        states: dict[str, dict[str, torch.Tensor]] = {}
+        for name, metric in self.train_metrics.items():
+            if any(fx is not dim_zero_sum or not isinstance(getattr(metric, k), torch.Tensor) for k, fx in metric._reductions.items()):
+                return None
+            states[name] = {k: getattr(metric, k).detach().clone() for k in metric._reductions}
+        if trainer.world_size > 1:
+            states = {n: {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in s.items()} for n, s in states.items()}
+        return {"epoch": int(trainer.current_epoch), "batches": done,
+                "states": {n: {k: v.cpu() for k, v in s.items()} for n, s in states.items()}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_checkpoint_shapes(checkpoint)
+        self._pending_train_metrics = checkpoint.get("deepfeat_train_metrics")
         state = checkpoint.get("deepfeat_rng_state")
         if not state:
             return
@@ -256,6 +286,23 @@ class FeatureClassifier(LightningModule):
         if pending is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(pending, self.device)
         self._pending_cuda_rng_state = None
+
+    def on_train_start(self) -> None:
+        # after Lightning restored the loops: put back the running training metrics of a mid-epoch checkpoint
+        saved, self._pending_train_metrics = getattr(self, "_pending_train_metrics", None), None
+        if not saved:
+            return
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if int(saved["epoch"]) != self.current_epoch or int(saved["batches"]) != progress:
+            return
+        metrics = dict(self.train_metrics.items())
+        for name, states in saved["states"].items():
+            metric = metrics[name]
+            for key, value in states.items():
+                # the sums over processes go to rank 0; the others start from zero (their sum is the total)
+                setattr(metric, key, value.to(self.device) if self.global_rank == 0 else torch.zeros_like(value, device=self.device))
+            metric._update_count = max(metric._update_count, 1)
+            metric._computed = None
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
