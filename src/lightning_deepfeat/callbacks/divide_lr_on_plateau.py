@@ -289,6 +289,10 @@ class DivideLROnPlateau(Callback):
                         "resumed from such a checkpoint may drop one epoch late; pass "
                         "`ModelCheckpoint(save_on_train_epoch_end=True)` for exact resumption."
                     )
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # logged here, not at fit start: on resume Lightning restores the optimizers (and their learning
+        # rates) and the step counter between the two
         self._log_lrs(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
