@@ -1,0 +1,63 @@
+"""Smoke test of the benchmark runner: ``python -m benchmarks --quick`` runs end to end (speed is not tested here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HEADERS = (
+    "## Overhead: Lightning",
+    "## Max-norm cost",
+    "## Translation throughput",
+    "## Time to accuracy",
+    "## Fashion-MNIST test accuracy",
+)
+SECTIONS = ("overhead", "maxnorm", "translation", "accuracy")
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_run_and_write_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    for header in HEADERS:
+        assert header in proc.stdout, f"missing {header!r} in the output:\n{proc.stdout[-3000:]}"
+
+    results = json.loads(out.read_text())
+    assert results["quick"] is True
+    assert {"machine", "threads", "benchmarks", "seconds", "total_seconds"} <= set(results)
+    assert set(results["benchmarks"]) == set(SECTIONS)
+    assert not any("error" in v for v in results["benchmarks"].values() if isinstance(v, dict))
+
+    overhead = results["benchmarks"]["overhead"]
+    assert overhead["same_init"] is True
+    assert {r["measure"] for r in overhead["rows"]} == {"steady wall", "end-to-end wall", "steady CPU"}
+    assert all(r["ratio"] > 0 and r["lightning_ips"] > 0 and r["hand_ips"] > 0 for r in overhead["rows"])
+
+    maxnorm = results["benchmarks"]["maxnorm"]
+    assert len(maxnorm["nets"]) == 2
+    for net in maxnorm["nets"]:
+        variants = {r["variant"] for r in net["rows"]}
+        assert variants == {"none", "MaxNormConstraint", "renorm loop", "Keras-style"}
+        assert all(r["step_ms"] > 0 for r in net["rows"])
+
+    translation = results["benchmarks"]["translation"]
+    assert "rows" in translation or "skipped" in translation
+
+    accuracy = results["benchmarks"]["accuracy"]
+    methods = [r["method"] for r in accuracy["rows"]]
+    assert sum("(published)" in m for m in methods) == 5
+    tta = accuracy["time_to_accuracy"]
+    assert 0.0 <= tta["final_test_acc"] <= 1.0 and tta["epochs"] >= 1
