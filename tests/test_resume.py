@@ -165,3 +165,59 @@ def test_saved_loader_position_counts_consumed_batches_not_prefetched_ones():
                       enable_model_summary=False, limit_val_batches=0, callbacks=[probe])
     trainer.fit(FeatureClassifier(), DigitsDataModule(batch_size=32))
     assert probe.seen == [(i, i) for i in range(1, 6)]
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+def _ddp_fit(tmp: Path, name: str, ckpt_path: str | None = None) -> None:
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from _scaling_helpers import RecordingPlateau, SaveFinalState
+    from lightning_deepfeat import FeatureClassifier
+    from lightning_deepfeat.callbacks import MaxNormConstraint
+    from lightning_deepfeat.data import DigitsDataModule
+    from lightning_deepfeat.models import ConvNet
+
+    seed_everything(0)
+    model = FeatureClassifier(features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.5), num_classes=10,
+                              input_shape=(1, 8, 8), optimizer=_sgd)
+    trainer = Trainer(
+        accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo", start_method="spawn"),
+        max_epochs=2, limit_val_batches=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        deterministic=True,
+        callbacks=[ModelCheckpoint(dirpath=tmp / f"ckpt_{name}", every_n_train_steps=EVERY, save_top_k=-1),
+                   RecordingPlateau(monitor="train_error", check_every_n_steps=6, patience=0, threshold=0.4,
+                                    max_drops=2, verbose=False, record=str(tmp / f"plateau_{name}.pt")),
+                   MaxNormConstraint(max_norm=1.0), SaveFinalState(str(tmp / f"final_{name}.pt"))],
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=16, translate=1), ckpt_path=ckpt_path)
+
+
+@pytest.mark.ddp
+def test_ddp_resume_mid_epoch_equals_uninterrupted(tmp_path):
+    """2 gloo processes × 16 (41 batches per epoch each): resume from step 49 (epoch 1, batch 8)."""
+    _ddp_fit(tmp_path, "ref")
+    ckpt = tmp_path / "ckpt_ref" / f"epoch=1-step={LAST_CKPT_STEP}.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == LAST_CKPT_STEP - BATCHES_PER_EPOCH
+    # the running training metrics are those of both processes: 2 × 16 samples per batch
+    assert int(saved["deepfeat_train_metrics"]["states"]["train_loss"]["weight"]) == 2 * 16 * (LAST_CKPT_STEP - BATCHES_PER_EPOCH)
+    _ddp_fit(tmp_path, "run", ckpt_path=str(ckpt))
+
+    a = torch.load(tmp_path / "final_ref.pt", weights_only=True)
+    b = torch.load(tmp_path / "final_run.pt", weights_only=True)
+    assert int(a["global_step"]) == int(b["global_step"]) == 2 * BATCHES_PER_EPOCH
+    for key, value in a["weights"].items():
+        torch.testing.assert_close(b["weights"][key], value, rtol=1e-6, atol=1e-7, msg=lambda m: f"{key}: {m}")
+    assert torch.equal(a["lrs"], b["lrs"]) and a["lrs"][0] < 0.05
+    plateau_ref = torch.load(tmp_path / "plateau_ref.pt", weights_only=True)
+    plateau_run = torch.load(tmp_path / "plateau_run.pt", weights_only=True)
+    after = plateau_ref["values"][plateau_ref["values"][:, 0] > LAST_CKPT_STEP]
+    assert len(after) >= 3
+    torch.testing.assert_close(plateau_run["values"], after, rtol=1e-12, atol=0)
+    for key in ("train_error", "train_loss"):
+        torch.testing.assert_close(b["metrics"][key], a["metrics"][key], rtol=1e-6, atol=0, msg=lambda m: f"{key}: {m}")

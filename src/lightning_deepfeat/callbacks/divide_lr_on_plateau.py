@@ -290,6 +290,32 @@ class DivideLROnPlateau(Callback):
                         "`ModelCheckpoint(save_on_train_epoch_end=True)` for exact resumption."
                     )
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Under DDP, store the step window as seen by all processes (a collective, like checkpointing itself).
+
+        Rank 0 writes the file, so the saved window must not be rank 0's alone: the window sum is
+        averaged over the processes (their counts are equal, so every process resuming from the
+        mean gives the same mean of window means), and the error-count base is summed, which
+        matches a module that restores its summed running counts on rank 0 (FeatureClassifier).
+        """
+        if trainer.world_size <= 1 or self.check_every_n_steps is None:
+            return
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is None:
+            return
+        device = pl_module.device
+        window = torch.stack([torch.as_tensor(self._window_sum, dtype=torch.float64).to(device).reshape(()),
+                              torch.as_tensor(self._window_count, dtype=torch.float64).to(device).reshape(())])
+        window = trainer.strategy.reduce(window, reduce_op="mean")
+        state["window_sum"], state["window_count"] = float(window[0]), float(window[1])
+        has_base = torch.tensor(0.0 if self._counts_base is None else 1.0, dtype=torch.float64, device=device)
+        base = torch.zeros(2, dtype=torch.float64, device=device)
+        if self._counts_base is not None:
+            base = torch.stack([c.to(device=device, dtype=torch.float64).reshape(()) for c in self._counts_base])
+        has_base = trainer.strategy.reduce(has_base, reduce_op="sum")
+        base = trainer.strategy.reduce(base, reduce_op="sum")
+        state["counts_base"] = [float(base[0]), float(base[1])] if float(has_base) > 0 else None
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # logged here, not at fit start: on resume Lightning restores the optimizers (and their learning
         # rates) and the step counter between the two
