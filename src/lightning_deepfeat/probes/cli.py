@@ -72,7 +72,7 @@ def _check_ckpt(path: Any, required: bool) -> None:
 
 
 def _load_weights(model: torch.nn.Module, path: str) -> None:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     state = checkpoint.get("state_dict", checkpoint)
     model.load_state_dict(state)
 
