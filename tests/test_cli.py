@@ -37,6 +37,19 @@ def test_print_config_shows_linked_shapes(capsys):
     assert config["data"]["class_path"].endswith("DigitsDataModule")
 
 
+def test_print_config_links_shapes_of_other_data_modules(capsys):
+    # Fashion-MNIST differs from the model's defaults, so this shows the link, not the default.
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "fashion_mnist.yaml"), "--print_config"])
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert init_args["input_shape"] == [1, 28, 28] and init_args["num_classes"] == 10
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "cifar10_convnet.yaml"), "--data.class_path=CIFAR100DataModule",
+              "--print_config"])
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert init_args["input_shape"] == [3, 32, 32] and init_args["num_classes"] == 100
+
+
 def test_fast_dev_run(tmp_path, capsys):
     cli = main(["fit", "--config", DIGITS, "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *QUIET])
     assert isinstance(cli.model, FeatureClassifier)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from jsonargparse._link_arguments import ActionLink  # private, but the only way to show linked values
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_deepfeat
@@ -50,6 +51,22 @@ class DeepFeatArgumentParser(LightningArgumentParser):
     """
 
     def dump(self, cfg: Any, *args: Any, skip_link_targets: bool = False, **kwargs: Any) -> str:
+        if not skip_link_targets:
+            # `--print_config` dumps before jsonargparse applies the parse-time links: apply them to a copy.
+            cfg = cfg.clone()
+            # jsonargparse skips links while a print is pending (it marks the parsers): unmark them meanwhile.
+            pending, parser = [], self
+            while parser is not None:
+                if "print_config" in vars(parser):
+                    pending.append((parser, vars(parser).pop("print_config")))
+                parser = getattr(parser, "parent_parser", None)
+            try:
+                ActionLink.apply_parsing_links(self, cfg)
+            except Exception:  # an invalid config is reported by the parse itself, not here
+                pass
+            finally:
+                for parser, value in pending:
+                    parser.print_config = value
         return super().dump(cfg, *args, skip_link_targets=skip_link_targets, **kwargs)
 
 
