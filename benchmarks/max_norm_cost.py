@@ -158,7 +158,7 @@ def measure_net(name: str, factory: Callable[[], nn.Module], shape: tuple[int, .
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    steps, rounds = (4, 3) if quick else (15, 7)
+    steps, rounds = (4, 3) if quick else (10, 7)
     start = time.perf_counter()
     results = [measure_net(name, f, shape, batch, steps, rounds) for name, (f, shape, batch) in nets().items()]
     out = {"max_norm": MAX_NORM, "target_pct": 100 * TARGET, "nets": results,

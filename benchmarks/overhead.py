@@ -303,7 +303,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     if quick:
         bench, rounds = Bench(steps=25, epochs=2), 3
     else:
-        bench, rounds = Bench(steps=150, epochs=2), 5
+        bench, rounds = Bench(steps=100, epochs=2), 5
     start = time.perf_counter()
     result = bench.measure(rounds)
     result["wall_seconds"] = time.perf_counter() - start
