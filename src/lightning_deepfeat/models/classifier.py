@@ -115,6 +115,7 @@ class FeatureClassifier(LightningModule):
         self.train_metrics = self._make_metrics("train", with_accuracy=False)
         self.val_metrics = self._make_metrics("val", with_accuracy=True)
         self.test_metrics = self._make_metrics("test", with_accuracy=True)
+        self._registered_metrics: set[str] = set()  # prefixes whose metrics were passed to self.log this epoch
 
     # ----------------------------------------------------------------- override points
     def build_features(self) -> nn.Module:
@@ -181,8 +182,12 @@ class FeatureClassifier(LightningModule):
                 metric.update(loss.detach(), weight=y.shape[0])
             else:
                 metric.update(logits.detach(), y)
-        for name, metric in metrics.items():
-            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name.endswith("_error"))
+        # One registration per epoch is enough: Lightning keeps the metric objects and computes,
+        # syncs and resets them at the epoch end; each further self.log costs ~0.4 ms of Python.
+        if metrics.prefix not in self._registered_metrics:
+            self._registered_metrics.add(metrics.prefix)
+            for name, metric in metrics.items():
+                self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name.endswith("_error"))
         if on_step:
             self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -280,6 +285,15 @@ class FeatureClassifier(LightningModule):
                 f"{type(self).__name__} has `num_classes`={self.num_classes} but {type(datamodule).__name__} has "
                 f"num_classes={data_classes}; pass num_classes={data_classes} to the model (the deepfeat CLI links it)."
             )
+
+    def on_train_epoch_start(self) -> None:
+        self._registered_metrics.discard(self.train_metrics.prefix)
+
+    def on_validation_epoch_start(self) -> None:
+        self._registered_metrics.discard(self.val_metrics.prefix)
+
+    def on_test_epoch_start(self) -> None:
+        self._registered_metrics.discard(self.test_metrics.prefix)
 
     def on_fit_start(self) -> None:
         pending = getattr(self, "_pending_cuda_rng_state", None)
