@@ -7,7 +7,7 @@ Batched augmentation modules: :class:`RandomTranslate`, :class:`RandomCrop`,
 :class:`CenterCrop`, :class:`RandomHorizontalFlip`.
 """
 
-from lightning_deepfeat.data.base import ImageClassificationDataModule
+from lightning_deepfeat.data.base import FileDataModule, ImageClassificationDataModule
 from lightning_deepfeat.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_deepfeat.data.digits import DigitsDataModule
 from lightning_deepfeat.data.folder import ImageFolderDataModule
@@ -30,6 +30,7 @@ __all__ = [
     "CenterCrop",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "FileDataModule",
     "IDXDataModule",
     "ImageClassificationDataModule",
     "ImageFolderDataModule",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -349,3 +352,32 @@ class ImageClassificationDataModule(LightningDataModule):
         else:
             images = self.eval_transform(images)
         return self.normalize(images), labels
+
+
+DATA_ENV = "DEEPFEAT_DATA"
+
+
+def default_download_root() -> Path:
+    """Where ``download=True`` puts files without a ``root``: ``$DEEPFEAT_DATA`` or ``~/.cache/lightning_deepfeat``."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "lightning_deepfeat"
+
+
+class FileDataModule(ImageClassificationDataModule):
+    """A data module read from files under ``root``, with torchvision's downloader behind ``download=True``.
+
+    Args:
+        root: data folder; ``None`` searches the subclass's default places.
+        download: fetch the files with torchvision's downloader when they are missing.
+        **kwargs: the arguments of :class:`ImageClassificationDataModule`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, download: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise ValueError(f"`root` must be a path or None, got {root!r}.")
+        if not isinstance(download, bool):
+            raise ValueError(f"`download` must be True or False, got {download!r}.")
+        self.root = None if root is None else Path(root).expanduser()
+        self.download = download
+        self.class_names = list(type(self).class_names)

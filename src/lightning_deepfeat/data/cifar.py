@@ -8,12 +8,11 @@ from typing import Any
 
 import torch
 
-from lightning_deepfeat.data.base import ImageClassificationDataModule
-from lightning_deepfeat.data.mnist import DATA_ENV, default_download_root
+from lightning_deepfeat.data.base import DATA_ENV, FileDataModule, default_download_root
 from lightning_deepfeat.data.readers import load_pickle, read_cifar_batch
 
 
-class _CIFARDataModule(ImageClassificationDataModule):
+class _CIFARDataModule(FileDataModule):
     """Shared code of the CIFAR modules. Files are looked for in ``root`` (or
     ``$DEEPFEAT_DATA`` when ``root`` is not given), directly or in the archive's folder
     (``cifar-10-batches-py`` / ``cifar-100-python``), which is what torchvision's
@@ -36,16 +35,6 @@ class _CIFARDataModule(ImageClassificationDataModule):
     meta_file = ""
     label_key = ""
     names_key = ""
-
-    def __init__(self, root: str | os.PathLike[str] | None = None, download: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if root is not None and not isinstance(root, (str, os.PathLike)):
-            raise ValueError(f"`root` must be a path or None, got {root!r}.")
-        if not isinstance(download, bool):
-            raise ValueError(f"`download` must be True or False, got {download!r}.")
-        self.root = None if root is None else Path(root).expanduser()
-        self.download = download
-        self.class_names = list(type(self).class_names)
 
     def candidate_dirs(self) -> list[Path]:
         """Every folder searched, in order."""

@@ -8,19 +8,11 @@ from typing import Any
 
 import torch
 
-from lightning_deepfeat.data.base import ImageClassificationDataModule
+from lightning_deepfeat.data.base import DATA_ENV, FileDataModule, default_download_root
 from lightning_deepfeat.data.readers import read_idx
 
-DATA_ENV = "DEEPFEAT_DATA"
 
-
-def default_download_root() -> Path:
-    """Where ``download=True`` puts files without a ``root``: ``$DEEPFEAT_DATA`` or ``~/.cache/lightning_deepfeat``."""
-    env = os.environ.get(DATA_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "lightning_deepfeat"
-
-
-class IDXDataModule(ImageClassificationDataModule):
+class IDXDataModule(FileDataModule):
     """Base of the MNIST family: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` files.
 
     Where the files are looked for, in order (the first folder holding all four wins):
@@ -47,16 +39,6 @@ class IDXDataModule(ImageClassificationDataModule):
         "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
-
-    def __init__(self, root: str | os.PathLike[str] | None = None, download: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if root is not None and not isinstance(root, (str, os.PathLike)):
-            raise ValueError(f"`root` must be a path or None, got {root!r}.")
-        if not isinstance(download, bool):
-            raise ValueError(f"`download` must be True or False, got {download!r}.")
-        self.root = None if root is None else Path(root).expanduser()
-        self.download = download
-        self.class_names = list(type(self).class_names)
 
     # ----------------------------------------------------------------- locating files
     def candidate_dirs(self) -> list[Path]:
