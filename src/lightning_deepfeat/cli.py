@@ -124,8 +124,12 @@ class DeepFeatCLI(LightningCLI):
 
 def main(args: Sequence[str] | None = None, **kwargs: Any) -> DeepFeatCLI:
     """Entry point of ``deepfeat`` and ``python -m lightning_deepfeat``; ``args`` as on the command line."""
-    import lightning_deepfeat.data  # noqa: F401  (registers the data modules for short names)
+    # Imported so that short class names (ConvNet, DivideLROnPlateau, TrainOnly, ...) resolve in YAML.
+    import lightning_deepfeat.callbacks  # noqa: F401
+    import lightning_deepfeat.data  # noqa: F401
     import lightning_deepfeat.models  # noqa: F401
+    import lightning_deepfeat.probes  # noqa: F401
+    import lightning_deepfeat.viz  # noqa: F401
 
     if args is None and len(sys.argv) > 1 and sys.argv[1] in ("--version", "-V"):
         print(f"deepfeat {lightning_deepfeat.__version__}")
