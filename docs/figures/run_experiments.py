@@ -1,8 +1,8 @@
 """Regenerate the numbers and figures of docs/experiments.md (CPU, a few minutes).
 
-    python docs/figures/run_experiments.py [--fashion]
+    python docs/figures/run_experiments.py [--fashion]   # --fashion adds the Fashion-MNIST probes
 
-The committed figures come from this script on a shared 2-core CPU (digits only).
+The committed figures come from this script on a shared 2-core CPU.
 """
 
 from __future__ import annotations
