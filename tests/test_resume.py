@@ -4,7 +4,6 @@ ends exactly where an uninterrupted run ends (weights, learning-rate schedule, m
 from __future__ import annotations
 
 import csv
-import math
 import os
 import signal
 import subprocess

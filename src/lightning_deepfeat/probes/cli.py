@@ -136,12 +136,10 @@ def _sanitised_configs(argv: list[str], tmpdir: str) -> list[str]:
 
 def probe_main(argv: Sequence[str], **kwargs: Any) -> DeepFeatCLI:
     """Run ``probe <name> …`` or ``visualize …``; the returned CLI carries ``.result``."""
-    from lightning_deepfeat.probes.layerwise import format_table, layerwise_probe, write_layerwise_outputs
-    from lightning_deepfeat.viz.backward import visualize
+    import tempfile
 
     argv = list(argv)
     kwargs.setdefault("save_config_callback", None)
-    import tempfile
 
     if argv[0] == "visualize":
         argv = ["visualize", *_saved_config(argv[1:])]

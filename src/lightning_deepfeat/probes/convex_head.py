@@ -83,7 +83,7 @@ def solve_logistic_head(
     for _ in range(10):  # L-BFGS may stop early on a flat line search; restart a few times
         opt.step(closure)
         iterations = opt.state[opt._params[0]].get("n_iter", iterations)
-        loss = closure()
+        closure()  # fresh gradients at the current point
         grad_norm = torch.cat([A.grad.flatten(), b.grad.flatten()]).norm().item()
         if grad_norm <= tol:
             break
