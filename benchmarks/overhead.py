@@ -7,10 +7,11 @@ Both sides do the same maths on the same data, one process, interleaved:
 * the same ConvNet (``channels=(32, 64)``, ``hidden=(256,)``, dropout 0.5) and logistic
   head, built from the same seed, so the initial weights are bit-identical (checked);
 * the same batches: a fresh permutation per epoch, ``batch_size`` 128, one index gather
-  per batch of the uint8 images held in memory;
-* the same augmentation: a random shift of up to 2 pixels (zero fill) and a horizontal
-  flip with probability ½, with our batched ``RandomTranslate`` / ``RandomHorizontalFlip``,
-  then ``(x - mean) / std`` in float32;
+  per batch out of the uint8 images held in memory, padded once by 2 pixels, with the
+  random shift of up to 2 pixels (zero fill) fused into the gather (the data module's
+  ``gather_augmented``; by hand, ``crop_batch(padded, 2 - dy, 2 - dx, index=idx)``);
+* the same rest of the augmentation: a horizontal flip with probability ½ (our batched
+  ``RandomHorizontalFlip``), then ``(x - mean) / std`` in float32;
 * the same step: cross-entropy, backward, SGD (lr 0.01, momentum 0.9, weight decay
   5e-4), then max-norm ``c = 3`` on every conv/linear weight but the head's;
 * the same epoch end: the training error of the epoch decides a ÷10 drop after 10 epochs
@@ -58,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks._timing import header, interleave, machine, median, now, paired_ratios, table
+from lightning_deepfeat.data import crop_batch
 
 MAX_NORM = 3.0
 BATCH_SIZE = 128
@@ -165,6 +167,7 @@ class Bench:
         self.mean, self.std = pixels.mean(), pixels.std()
         from lightning_deepfeat.data import RandomHorizontalFlip, RandomTranslate
 
+        self.padded = F.pad(self.images, (2, 2, 2, 2))
         self.translate, self.flip = RandomTranslate(2), RandomHorizontalFlip(0.5)
         self.generator = torch.Generator().manual_seed(1)
         self.hand_epoch = 0
@@ -229,8 +232,10 @@ class Bench:
             seen = 0
             for b in range(self.steps):
                 idx = order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
-                x, y = images[idx], labels[idx]
-                x = self.flip(self.translate(x, gen), gen)
+                dx, dy = self.translate.sample_offsets(idx.numel(), gen)
+                x = crop_batch(self.padded, 2 - dy, 2 - dx, images.shape[-2:], index=idx)
+                y = labels[idx]
+                x = self.flip(x, gen)
                 x = (x.float() - mean) / std
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)

@@ -4,21 +4,25 @@
 
 Contenders, per image size (1×28×28 and 3×32×32 shifted by ±2 / ±4 px; 3×256 -> 224 random crops):
 
-* ``ours``: :class:`~lightning_deepfeat.data.InMemoryBatchLoader` (one index gather per
-  batch) followed by the batched :class:`~lightning_deepfeat.data.RandomTranslate` /
-  :class:`~lightning_deepfeat.data.RandomCrop` (one more gather);
+* ``ours``: the training path of :class:`~lightning_deepfeat.data.ImageClassificationDataModule`
+  as the Trainer runs it: its loader yields :class:`~lightning_deepfeat.data.IndexBatch`
+  and :meth:`~lightning_deepfeat.data.ImageClassificationDataModule.gather_augmented`
+  gathers the batch out of the (once padded) training split with the shift or crop fused
+  in: one copy per output byte;
+* ``ours, gather_on_device=False``: the loader gathers the images, then the batched
+  :class:`~lightning_deepfeat.data.RandomTranslate` / :class:`~lightning_deepfeat.data.RandomCrop`
+  cut them (pad + crop: three copies);
 * ``torchvision``: ``v2.RandomCrop(size, padding=s)`` applied per sample in a ``Dataset``,
   batched by a ``DataLoader`` with 0 and 2 worker processes (workers persistent, timed
   after a warm-up epoch, so their start-up is not counted);
 * ``kornia``: the batched ``kornia.augmentation.RandomCrop`` on the gathered batch (it
   needs float, so the conversion is counted); skipped with a note when kornia is missing;
-* at 256 -> 224 also ``ours fused`` (:func:`~lightning_deepfeat.data.crop_batch` with
-  ``index=``: the gather out of the data set and the crop in one copy) and ``clone``: a
-  plain ``clone()`` of an already-cropped batch of the same size, the memory-bandwidth
-  yardstick; both in bytes/s (of output) next to ours.
+* at 256 -> 224 also ``clone``: a plain ``clone()`` of an already-cropped batch of the
+  same size, the memory-bandwidth yardstick, in bytes/s (of output) next to ours.
 
-Each figure is the median of several repeats; the ratio column is images/s over the
-per-sample torchvision path with 0 workers. ``run(quick)`` returns the rows (dicts) and
+Each figure is the median of several repeats. Two ratio columns: images/s over the
+per-sample torchvision path with 0 workers, and over the faster of its 0- and 2-worker
+runs. ``run(quick)`` returns the rows (dicts) and
 prints the table; ``--quick`` finishes in about 20 s.
 """
 
@@ -34,7 +38,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_deepfeat.data import InMemoryBatchLoader, RandomCrop, RandomTranslate, crop_batch
+from lightning_deepfeat.data import ImageClassificationDataModule
 
 CASES = (
     # name, stored shape, output (h, w), shift (0 for crop cases), batch size
@@ -57,6 +61,20 @@ class _PerSample(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
+class _Synthetic(ImageClassificationDataModule):
+    """Random uint8 images in memory, through the real data-module training path."""
+
+    num_classes = 10
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> None:
+        type(self).image_shape = tuple(images.shape[1:])
+        super().__init__(val_fraction=0.0, mean=[0.0] * images.shape[1], std=[1.0] * images.shape[1], **kwargs)
+        self._images, self._labels = images, labels
+
+    def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._images, self._labels
+
+
 def _median_rate(fn: Any, images_per_call: int, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -77,36 +95,33 @@ def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift
     n = batch * batches
     images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 10, (n,))
-    generator = torch.Generator().manual_seed(0)
-    augment = RandomTranslate(shift) if shift else RandomCrop(out_hw)
-    loader = InMemoryBatchLoader(images, labels, batch_size=batch, shuffle=True)
     out_bytes = n * shape[0] * out_hw[0] * out_hw[1]
+    augmentation = {"translate": shift} if shift else {"crop_size": out_hw}
+    modules = {}
+    for on_device in (True, False):
+        dm = modules[on_device] = _Synthetic(images, labels, batch_size=batch, seed=0, gather_on_device=on_device, **augmentation)
+        dm.setup("fit")
+    fused, plain = modules[True], modules[False]
+    fused_loader, plain_loader = fused.train_dataloader(), plain.train_dataloader()
 
     def ours() -> None:
-        for x, _ in loader:
-            augment(x, generator)
+        for batch_ in fused_loader:
+            fused.gather_augmented(batch_.indices)
+
+    def ours_plain() -> None:
+        for x, _ in plain_loader:
+            plain.augment(x)
 
     rows: list[dict[str, Any]] = []
 
     def add(method: str, rate: float | None, note: str = "", **extra: Any) -> None:
         rows.append({"case": name, "batch": batch, "method": method, "images_per_s": rate, "note": note, **extra})
 
+    what = "shift" if shift else "crop"
     rate = _median_rate(ours, n, repeats)
-    add("ours: gather + batched RandomTranslate" if shift else "ours: gather + batched RandomCrop", rate,
-        bytes_per_s=rate * out_bytes / n)
-
-    if not shift:
-        cropper = RandomCrop(out_hw)
-
-        def fused() -> None:
-            order = loader.indices()
-            for b in range(0, n, batch):
-                idx = order[b : b + batch]
-                top, left = cropper.sample_corners(shape[-2:], idx.numel(), generator)
-                crop_batch(images, top, left, out_hw, index=idx)
-
-        rate = _median_rate(fused, n, repeats)
-        add("ours: crop_batch(index=) fused gather + crop", rate, bytes_per_s=rate * out_bytes / n)
+    add(f"ours: data module, gather + {what} fused", rate, bytes_per_s=rate * out_bytes / n)
+    rate = _median_rate(ours_plain, n, repeats)
+    add(f"ours: gather_on_device=False, gather then {what}", rate, bytes_per_s=rate * out_bytes / n)
 
     tv = v2.RandomCrop(out_hw, padding=shift) if shift else v2.RandomCrop(out_hw)
     for workers in (0, 2):
@@ -129,7 +144,7 @@ def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift
         k_aug = K.RandomCrop(out_hw, padding=shift) if shift else K.RandomCrop(out_hw)
 
         def kornia_path() -> None:
-            for x, _ in loader:
+            for x, _ in plain_loader:
                 k_aug(x.float())
 
         add("kornia RandomCrop (batched, float)", _median_rate(kornia_path, n, repeats))
@@ -145,19 +160,23 @@ def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift
         add("clone() of the same-size batch (memory yardstick)", rate, bytes_per_s=rate * out_bytes / n)
 
     base = next(r["images_per_s"] for r in rows if "0 workers" in r["method"])
+    best = max(r["images_per_s"] for r in rows if "per sample" in r["method"])
     for r in rows:
         r["vs_per_sample"] = r["images_per_s"] / base if r["images_per_s"] else None
+        r["vs_best_per_sample"] = r["images_per_s"] / best if r["images_per_s"] else None
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'case':<12} {'batch':>5}  {'method':<62} {'img/s':>11} {'MB/s':>9} {'× per-sample':>12}  note"
+    head = (f"{'case':<12} {'batch':>5}  {'method':<62} {'img/s':>11} {'MB/s':>9} {'× 0-worker':>10} "
+            f"{'× best per-sample':>17}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
         rate = f"{r['images_per_s']:,.0f}" if r["images_per_s"] else "-"
         mbps = f"{r['bytes_per_s'] / 1e6:,.0f}" if r.get("bytes_per_s") else ""
         ratio = f"{r['vs_per_sample']:.1f}" if r.get("vs_per_sample") else "-"
-        lines.append(f"{r['case']:<12} {r['batch']:>5}  {r['method']:<62} {rate:>11} {mbps:>9} {ratio:>12}  {r['note']}")
+        best = f"{r['vs_best_per_sample']:.1f}" if r.get("vs_best_per_sample") else "-"
+        lines.append(f"{r['case']:<12} {r['batch']:>5}  {r['method']:<62} {rate:>11} {mbps:>9} {ratio:>10} {best:>17}  {r['note']}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from lightning_deepfeat.data import (
     DigitsDataModule,
     FashionMNISTDataModule,
     ImageFolderDataModule,
+    IndexBatch,
     InMemoryBatchLoader,
     MNISTDataModule,
     read_idx,
@@ -51,8 +52,14 @@ def test_digits_shapes_split_and_dtypes():
     n_train, n_val, n_test = (dm.splits[s][0].shape[0] for s in ("train", "val", "test"))
     assert n_train + n_val + n_test == 1797 and n_test == round(0.2 * 1797) and n_val == round(0.1 * (1797 - n_test))
     assert dm.splits["train"][0].dtype == torch.uint8 and dm.image_shape == (1, 8, 8) and dm.num_classes == 10
-    images, labels = _first_batch(dm, dm.train_dataloader())
+    batch = next(iter(dm.train_dataloader()))  # gathered on the device, after the transfer
+    assert isinstance(batch, IndexBatch) and batch.indices.shape == (64,) and batch.indices.dtype == torch.int64
+    assert torch.equal(batch.labels, dm.splits["train"][1][batch.indices])
+    on_cpu = DigitsDataModule(batch_size=64, val_fraction=0.1, translate=1, gather_on_device=False)
+    on_cpu.setup("fit")
+    images, labels = _first_batch(on_cpu, on_cpu.train_dataloader())
     assert images.shape == (64, 1, 8, 8) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert torch.equal(images, on_cpu.splits["train"][0][batch.indices])  # same shuffle, gathered in the loader
 
 
 def test_augmentation_only_while_training():
@@ -178,8 +185,7 @@ def test_idx_modules_read_generated_files(tmp_path, cls, gz):
     train_and_val = torch.cat([dm.splits["train"][0], dm.splits["val"][0]])
     assert train_and_val.shape == (50, 1, 28, 28)
     assert sorted(train_and_val.flatten(1).sum(1).tolist()) == sorted(written["train"][0].flatten(1).sum(1).tolist())
-    images, labels = _first_batch(dm, dm.train_dataloader())
-    out, _ = _attach(dm, training=True).on_after_batch_transfer((images, labels), 0)
+    out, _ = _attach(dm, training=True).on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert out.shape == (16, 1, 28, 28) and out.dtype == torch.float32
 
 
@@ -405,7 +411,109 @@ def test_trainer_fit_augments_training_batches_only(tmp_path):
     assert torch.equal(torch.cat(seen["val"]), val_raw)
     loader = dm.train_dataloader()
     loader.set_epoch(0)
-    train_raw = [b[0].float() for b in loader][:3]
+    train_raw = [dm.splits["train"][0][b.indices].float() for b in loader][:3]
     assert len(seen["train"]) == 3
     assert all(not torch.equal(a, b) for a, b in zip(seen["train"], train_raw))
     assert dm.state_dict()["augmented_batches"] == 3
+
+
+# ----------------------------------------------------------------- the fused gather on the device
+FUSED_CASES = [
+    dict(translate=2),
+    dict(translate=(1, 3), padding_mode="reflect", hflip=True),
+    dict(translate=3, padding_mode="replicate"),
+    dict(crop_size=6),
+    dict(crop_size=(5, 7), translate=1, hflip=True),
+    dict(hflip=True),
+    dict(),
+]
+
+
+@pytest.mark.parametrize("config", FUSED_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "none")
+def test_fused_gather_equals_gather_then_augment(config):
+    """Every training batch of the fused path is bit-identical to gather-on-CPU followed by ``augment``."""
+    fused = _attach(DigitsDataModule(batch_size=50, seed=7, **config), training=True)
+    plain = _attach(DigitsDataModule(batch_size=50, seed=7, gather_on_device=False, **config), training=True)
+    fused.setup("fit")
+    plain.setup("fit")
+    moved = 0
+    for epoch in (0, 1):
+        a_loader, b_loader = fused.train_dataloader(), plain.train_dataloader()
+        a_loader.set_epoch(epoch)
+        b_loader.set_epoch(epoch)
+        for a, b in zip(a_loader, b_loader, strict=True):
+            assert isinstance(a, IndexBatch) and not isinstance(b, IndexBatch)
+            xa, ya = fused.on_after_batch_transfer(a, 0)
+            xb, yb = plain.on_after_batch_transfer(b, 0)
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+            moved += int((xa != plain.normalize(plain.eval_transform(b[0]))).any())
+    assert fused.state_dict() == plain.state_dict()
+    if config:  # the augmentation did act, on most batches
+        assert moved >= 0.8 * 2 * len(a_loader)
+
+
+def test_fused_translate_moves_pixels_by_the_drawn_offsets():
+    """The fused window of padded image ``i`` at (s - dy, s - dx) is image ``i`` moved by (dx, dy)."""
+    dm = _attach(DigitsDataModule(batch_size=64, translate=2, seed=1), training=True)
+    dm.setup("fit")
+    indices = torch.arange(64)
+    state = dm.state_dict()
+    out = dm.gather_augmented(indices)
+    dm.load_state_dict(state)  # redraw the same offsets
+    dx, dy = dm.train_transforms[0].sample_offsets(64, dm.augment_generator(torch.device("cpu")))
+    raw = dm.splits["train"][0][indices]
+    for n in range(64):
+        expected = torch.zeros_like(raw[n])
+        x, y = int(dx[n]), int(dy[n])
+        src = raw[n][:, max(0, -y) : 8 - max(0, y), max(0, -x) : 8 - max(0, x)]
+        expected[:, max(0, y) : max(0, y) + src.shape[1], max(0, x) : max(0, x) + src.shape[2]] = src
+        assert torch.equal(out[n], expected), (n, x, y)
+    assert {(int(a), int(b)) for a, b in zip(dx, dy)} != {(0, 0)}
+
+
+def test_device_copy_is_padded_once_and_reused():
+    dm = DigitsDataModule(batch_size=32, translate=2)
+    dm.setup("fit")
+    dm.gather_augmented(torch.arange(32))
+    source = dm._train_sources[torch.device("cpu")][0]
+    assert source.shape == (dm.splits["train"][0].shape[0], 1, 12, 12)
+    assert torch.equal(source[:, :, 2:10, 2:10], dm.splits["train"][0]) and int(source[:, :, :2].sum()) == 0
+    dm.gather_augmented(torch.arange(32, 64))
+    assert dm._train_sources[torch.device("cpu")][0] is source  # padded once, reused
+    dm.teardown("fit")  # frees accelerator copies only; the CPU copy serves the next fit
+    dm.gather_augmented(torch.arange(32))
+    assert dm._train_sources[torch.device("cpu")][0] is source
+    dm.splits["train"] = (dm.splits["train"][0][:100].clone(), dm.splits["train"][1][:100].clone())
+    dm.gather_augmented(torch.arange(32))  # a new split is padded afresh
+    assert dm._train_sources[torch.device("cpu")][0].shape[0] == 100
+
+
+def test_an_overridden_augment_gets_the_gathered_batch():
+    class Inverted(DigitsDataModule):
+        def augment(self, images):
+            return 16 - images
+
+    dm = _attach(Inverted(batch_size=40, translate=2, mean=[0.0], std=[1.0]), training=True)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    out, _ = dm.on_after_batch_transfer(batch, 0)
+    assert torch.equal(out, (16 - dm.splits["train"][0][batch.indices]).float())
+
+
+def test_index_batch_given_straight_to_the_model_is_a_clear_error(tmp_path):
+    import lightning as L
+
+    from lightning_deepfeat.models import ConvNet, FeatureClassifier
+
+    dm = DigitsDataModule(batch_size=32, translate=1)
+    dm.setup("fit")
+    model = FeatureClassifier(features=ConvNet(in_channels=1, channels=[4], hidden=[8]), num_classes=10, input_shape=(1, 8, 8))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(TypeError, match="IndexBatch.*datamodule=dm.*gather_on_device=False"):
+        trainer.fit(model, train_dataloaders=dm.train_dataloader())
+
+
+def test_gather_on_device_must_be_bool():
+    with pytest.raises(ValueError, match="`gather_on_device` must be True or False, got 'yes'"):
+        DigitsDataModule(gather_on_device="yes")

@@ -11,7 +11,7 @@ from lightning_deepfeat.data.base import FileDataModule, ImageClassificationData
 from lightning_deepfeat.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_deepfeat.data.digits import DigitsDataModule
 from lightning_deepfeat.data.folder import ImageFolderDataModule
-from lightning_deepfeat.data.loader import InMemoryBatchLoader
+from lightning_deepfeat.data.loader import IndexBatch, InMemoryBatchLoader
 from lightning_deepfeat.data.mnist import FashionMNISTDataModule, IDXDataModule, MNISTDataModule
 from lightning_deepfeat.data.readers import read_cifar_batch, read_idx
 from lightning_deepfeat.data.transforms import (
@@ -35,6 +35,7 @@ __all__ = [
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
     "InMemoryBatchLoader",
+    "IndexBatch",
     "MNISTDataModule",
     "RandomCrop",
     "RandomHorizontalFlip",

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
-from lightning_deepfeat.data.loader import InMemoryBatchLoader
+from lightning_deepfeat.data.loader import IndexBatch, InMemoryBatchLoader
 from lightning_deepfeat.data.transforms import (
     PADDING_MODES,
     CenterCrop,
@@ -19,6 +19,8 @@ from lightning_deepfeat.data.transforms import (
     RandomHorizontalFlip,
     RandomTranslate,
     _pair,
+    crop_batch,
+    pad_into,
 )
 
 _MASK64 = (1 << 64) - 1
@@ -48,7 +50,12 @@ class ImageClassificationDataModule(LightningDataModule):
     gather (:class:`InMemoryBatchLoader`) and augmentation.
 
     Batches stay uint8 until :meth:`on_after_batch_transfer`, which runs on the
-    accelerator:
+    accelerator. With ``gather_on_device`` (the default) a training batch crosses to the
+    accelerator as an :class:`IndexBatch` (sample indices and labels) and is gathered
+    there by :meth:`gather_augmented`, out of a copy of the training split kept on that
+    device (padded once by ``translate`` pixels), with the first augmentation fused into
+    the gather: each output byte is written once. The result is identical to gathering
+    first and then calling :meth:`augment`.
 
     * training only (``trainer.training``): :meth:`augment`, i.e. a random ``crop_size``
       crop (:class:`RandomCrop`), a random shift by up to ``translate`` pixels
@@ -56,6 +63,10 @@ class ImageClassificationDataModule(LightningDataModule):
     * validation, test and predict: the centre ``crop_size`` crop (:class:`CenterCrop`)
       when ``crop_size`` is set, nothing else;
     * every stage: :math:`x \mapsto (x - \mu_c) / \sigma_c` in float32.
+
+    Override points: :meth:`load_split` (required), :meth:`augment` (a subclass that
+    overrides it gets the gathered uint8 batch and does its own augmentation; the fused
+    gather is then skipped), :meth:`eval_transform`, :meth:`normalize`.
 
     Augmentation randomness: batch :math:`k` of process ``rank`` draws from a generator on
     the batch's device seeded with :math:`\mathrm{hash}(s, \mathrm{rank}, k)`, where
@@ -81,6 +92,11 @@ class ImageClassificationDataModule(LightningDataModule):
         crop_size: ``h`` or ``(h, w)``: random crops of this size in training, the centre
             crop in evaluation; ``None`` keeps the stored size.
         seed: base seed of the augmentation; ``None`` takes ``torch.initial_seed()``.
+        gather_on_device: training batches leave the loader as :class:`IndexBatch` and
+            are gathered and augmented in one pass on the accelerator, out of a copy of
+            the training split held there (its uint8 size, plus the translation padding).
+            ``False``: the loader gathers the images on the CPU and they are augmented
+            after the transfer (less accelerator memory, more copies and transfer).
     """
 
     num_classes: int = 0
@@ -102,6 +118,7 @@ class ImageClassificationDataModule(LightningDataModule):
         padding_mode: str = "zeros",
         crop_size: int | tuple[int, int] | None = None,
         seed: int | None = None,
+        gather_on_device: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -121,6 +138,8 @@ class ImageClassificationDataModule(LightningDataModule):
             raise ValueError(f"`std` must be positive for every channel, got {list(std)!r}.")
         if not isinstance(hflip, bool):
             raise ValueError(f"`hflip` must be True or False, got {hflip!r}.")
+        if not isinstance(gather_on_device, bool):
+            raise ValueError(f"`gather_on_device` must be True or False, got {gather_on_device!r}.")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got {padding_mode!r}.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -151,6 +170,7 @@ class ImageClassificationDataModule(LightningDataModule):
         self.padding_mode = padding_mode
         self.crop_size = crop
         self.seed = seed
+        self.gather_on_device = gather_on_device
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
         if stored:
@@ -169,6 +189,8 @@ class ImageClassificationDataModule(LightningDataModule):
         self._augment_seed: int | None = seed
         self._augmented_batches = 0
         self._generators: dict[torch.device, torch.Generator] = {}
+        # training split on each device it is gathered on: (source images, padding (py, px), split tensor)
+        self._train_sources: dict[torch.device, tuple[torch.Tensor, tuple[int, int], torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- shapes
     def stored_shape(self) -> tuple[int, ...]:
@@ -202,6 +224,58 @@ class ImageClassificationDataModule(LightningDataModule):
         for transform in self.train_transforms:
             images = transform(images, generator)
         return images
+
+    def gather_augmented(self, indices: torch.Tensor) -> torch.Tensor:
+        r"""Training images ``indices`` of the train split, augmented, on ``indices``' device.
+
+        Equal, bit for bit, to ``self.augment(train_images[indices])``, but cheaper: the
+        first training transform is fused into the gather. For :class:`RandomTranslate`
+        the source is the split padded once by the maximum shift, and the shifted image
+        :math:`n` is the window at :math:`(s_y - dy_n, s_x - dx_n)` of padded image
+        ``indices[n]``; for :class:`RandomCrop` it is the window at the drawn corner of
+        the stored image. Both are one :func:`crop_batch` with ``index=``. The remaining
+        transforms (a flip, or a translation after a crop) follow on the gathered batch.
+        A subclass that overrides :meth:`augment` gets a plain gather and its own
+        :meth:`augment`.
+        """
+        if "train" not in self.splits:
+            raise RuntimeError(f"{type(self).__name__}: the train split is not set up; call setup('fit') first.")
+        device = indices.device
+        transforms = self.train_transforms
+        overridden = type(self).augment is not ImageClassificationDataModule.augment
+        first = transforms[0] if transforms and not overridden else None
+        fuse_translate = isinstance(first, RandomTranslate) and first.p > 0.0 and first.max_shift != (0, 0)
+        pad = first.max_shift if fuse_translate else (0, 0)
+        source = self._train_source(device, pad, first.padding_mode if fuse_translate else "zeros")
+        if fuse_translate or isinstance(first, RandomCrop):
+            generator = self.augment_generator(device)
+            height, width = self.splits["train"][0].shape[-2:]
+            if fuse_translate:
+                dx, dy = first.sample_offsets(indices.numel(), generator, device)
+                images = crop_batch(source, pad[0] - dy, pad[1] - dx, (height, width), index=indices)
+            else:
+                top, left = first.sample_corners((height, width), indices.numel(), generator, device)
+                images = crop_batch(source, top, left, first.size, index=indices)
+            for transform in transforms[1:]:
+                images = transform(images, generator)
+            return images
+        return self.augment(source.index_select(0, indices))
+
+    def _train_source(self, device: torch.device, pad: tuple[int, int], padding_mode: str) -> torch.Tensor:
+        """The training split on ``device``, padded by ``pad``: built on first use, then reused."""
+        split = self.splits["train"][0]
+        cached = self._train_sources.get(device)
+        if cached is not None and cached[1] == pad and cached[2] is split:
+            return cached[0]
+        images = split.to(device).contiguous()
+        if pad == (0, 0):
+            source = images
+        else:  # written in place: F.pad would go through float for uint8 reflect
+            n, c, height, width = images.shape
+            buffer = images.new_empty((n, c, height + 2 * pad[0], width + 2 * pad[1]))
+            source = pad_into(images, pad, padding_mode, buffer)
+        self._train_sources[device] = (source, pad, split)
+        return source
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
         """Deterministic evaluation transform: the centre crop when ``crop_size`` is set."""
@@ -318,6 +392,7 @@ class ImageClassificationDataModule(LightningDataModule):
             num_replicas=world,
             rank=rank,
             pad_to_equal=train,
+            yield_indices=train and self.gather_on_device,
         )
 
     def train_dataloader(self) -> Any:
@@ -344,7 +419,19 @@ class ImageClassificationDataModule(LightningDataModule):
         mean, std = self._mean_std_cache[device]
         return images.to(torch.float32, copy=True).sub_(mean).div_(std)
 
+    def teardown(self, stage: str) -> None:
+        """Free the accelerator copies of the training split.
+
+        The CPU copy stays, like the splits themselves, so the next ``fit`` of the same
+        data module (e.g. one per chunk of a benchmark, or a resumed run) does not pad the
+        split again.
+        """
+        for device in [d for d in self._train_sources if d.type != "cpu"]:
+            del self._train_sources[device]
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, IndexBatch):  # a training batch from our own loader
+            return self.normalize(self.gather_augmented(batch.indices)), batch.labels
         images, labels = batch
         trainer = self.trainer
         if trainer is not None and trainer.training:

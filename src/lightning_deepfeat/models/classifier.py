@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_deepfeat.data.loader import IndexBatch
 from lightning_deepfeat.models._common import build_from_spec, module_spec
 from lightning_deepfeat.models.convnet import ConvNet
 
@@ -174,6 +175,13 @@ class FeatureClassifier(LightningModule):
 
     # ----------------------------------------------------------------- steps
     def _step(self, batch: Any, metrics: MetricCollection, on_step: bool) -> torch.Tensor:
+        if isinstance(batch, IndexBatch):
+            raise TypeError(
+                "the batch is an IndexBatch (sample indices, not images): the data module's "
+                "on_after_batch_transfer gathers the images. Pass the data module itself "
+                "(`trainer.fit(model, datamodule=dm)`), not `dm.train_dataloader()`, or build it "
+                "with `gather_on_device=False`."
+            )
         x, y = batch
         logits = self(x)
         loss = self.compute_loss(logits, y)

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 
@@ -118,6 +119,6 @@ def split_batches(datamodule: Any, split: str, device: torch.device | str = "cpu
         return
     loader = getattr(datamodule, f"{split}_dataloader")()
     for batch in loader:
-        batch = [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch]
+        batch = move_data_to_device(batch, device)  # keeps the batch type (e.g. IndexBatch)
         batch = datamodule.on_after_batch_transfer(batch, 0)
         yield batch[0], batch[1]

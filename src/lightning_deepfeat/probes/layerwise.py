@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.optim import Optimizer
 
@@ -55,7 +56,7 @@ def _train_batches(datamodule: Any, device: torch.device) -> Iterator[tuple[torc
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         for batch in loader:
-            batch = [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch]
+            batch = move_data_to_device(batch, device)  # keeps the batch type (e.g. IndexBatch)
             x, y = datamodule.on_after_batch_transfer(batch, 0)[:2]
             yield x, y
         epoch += 1
