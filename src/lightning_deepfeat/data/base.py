@@ -189,8 +189,8 @@ class ImageClassificationDataModule(LightningDataModule):
         self._augment_seed: int | None = seed
         self._augmented_batches = 0
         self._generators: dict[torch.device, torch.Generator] = {}
-        # training split on each device it is gathered on: (source images, padding (py, px), split tensor)
-        self._train_sources: dict[torch.device, tuple[torch.Tensor, tuple[int, int], torch.Tensor]] = {}
+        # training split on each device it is gathered on: (source images, (padding, mode), split tensor)
+        self._train_sources: dict[torch.device, tuple[torch.Tensor, tuple[tuple[int, int], str], torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- shapes
     def stored_shape(self) -> tuple[int, ...]:
@@ -265,7 +265,8 @@ class ImageClassificationDataModule(LightningDataModule):
         """The training split on ``device``, padded by ``pad``: built on first use, then reused."""
         split = self.splits["train"][0]
         cached = self._train_sources.get(device)
-        if cached is not None and cached[1] == pad and cached[2] is split:
+        key = (pad, padding_mode if pad != (0, 0) else "zeros")
+        if cached is not None and cached[1] == key and cached[2] is split:
             return cached[0]
         images = split.to(device).contiguous()
         if pad == (0, 0):
@@ -274,7 +275,7 @@ class ImageClassificationDataModule(LightningDataModule):
             n, c, height, width = images.shape
             buffer = images.new_empty((n, c, height + 2 * pad[0], width + 2 * pad[1]))
             source = pad_into(images, pad, padding_mode, buffer)
-        self._train_sources[device] = (source, pad, split)
+        self._train_sources[device] = (source, key, split)
         return source
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
