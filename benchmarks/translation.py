@@ -18,7 +18,10 @@ Contenders, per image size (1×28×28 and 3×32×32 shifted by ±2 / ±4 px; 3×
 * ``kornia``: the batched ``kornia.augmentation.RandomCrop`` on the gathered batch (it
   needs float, so the conversion is counted); skipped with a note when kornia is missing;
 * at 256 -> 224 also ``clone``: a plain ``clone()`` of an already-cropped batch of the
-  same size, the memory-bandwidth yardstick, in bytes/s (of output) next to ours.
+  same size, the memory-bandwidth yardstick, in bytes/s (of output) next to ours; and the
+  same fused crop written into one reused output buffer (``crop_batch(..., out=)``), which
+  saves the fresh allocation per batch but is not what a data module may hand out (a
+  callback that keeps a batch would see it overwritten).
 
 Each figure is the median of several repeats. Two ratio columns: images/s over the
 per-sample torchvision path with 0 workers, and over the faster of its 0- and 2-worker
@@ -150,6 +153,21 @@ def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift
         add("kornia RandomCrop (batched, float)", _median_rate(kornia_path, n, repeats))
 
     if not shift:
+        from lightning_deepfeat.data import crop_batch
+
+        reused = torch.empty((batch, shape[0], *out_hw), dtype=torch.uint8)
+        crop = fused.train_transforms[0]
+        generator = torch.Generator().manual_seed(0)
+
+        def into_reused() -> None:
+            order = fused_loader.indices()
+            for b in range(0, n, batch):
+                idx = order[b : b + batch]
+                top, left = crop.sample_corners(shape[-2:], idx.numel(), generator)
+                crop_batch(images, top, left, out_hw, out=reused[: idx.numel()], index=idx)
+
+        rate = _median_rate(into_reused, n, repeats)
+        add("fused crop into one reused buffer (bound, unsafe to hand out)", rate, bytes_per_s=rate * out_bytes / n)
         ready = images[:batch, :, : out_hw[0], : out_hw[1]].contiguous()
 
         def clone() -> None:
