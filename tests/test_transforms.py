@@ -8,7 +8,15 @@ from scipy.stats import chi2
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from lightning_deepfeat.data import CenterCrop, RandomCrop, RandomHorizontalFlip, RandomTranslate, crop_batch, translate
+from lightning_deepfeat.data import (
+    CenterCrop,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomTranslate,
+    crop_batch,
+    flip_batch,
+    translate,
+)
 from lightning_deepfeat.data.transforms import memory_format_of
 
 TV_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}
@@ -183,6 +191,21 @@ def test_flip_mirrors_exactly_the_drawn_images():
         assert torch.equal(out[i], images[i].flip(-1) if flags[i] else images[i])
     assert torch.equal(RandomHorizontalFlip(1.0)(images), images.flip(-1))
     assert torch.equal(RandomHorizontalFlip(0.0)(images), images)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_flip_batch_sync_free_and_indexed_paths_agree(dtype, channels_last):
+    """The ``torch.where`` path (used off the CPU, no device sync) equals the indexed one, format kept."""
+    images = _batch((50, 3, 5, 9)).to(dtype)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    flags = torch.rand(50, generator=torch.Generator().manual_seed(4)) < 0.5
+    indexed, where = flip_batch(images, flags, sync_free=False), flip_batch(images, flags, sync_free=True)
+    expected = torch.stack([im.flip(-1) if f else im for im, f in zip(images, flags)])
+    assert torch.equal(indexed, expected) and torch.equal(where, expected)
+    assert memory_format_of(where) == memory_format_of(indexed) == memory_format_of(images)
+    assert torch.equal(flip_batch(images, torch.zeros(50, dtype=torch.bool), sync_free=True), images)
 
 
 def test_seeded_generators_reproduce_and_differ():

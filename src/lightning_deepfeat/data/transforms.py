@@ -242,13 +242,23 @@ def translate(
         sy, sx = _pair("max_shift", max_shift)
         if dy.numel() and (int(dy.abs().max()) > sy or int(dx.abs().max()) > sx):
             raise ValueError(f"shifts exceed `max_shift`={max_shift!r}.")
-    if buffer is not None:
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got {padding_mode!r}.")
-        pad_batch(images[:0], (sy, sx), padding_mode)  # argument checks only
-        padded = pad_into(images, (sy, sx), padding_mode, buffer)
-    else:
-        padded = pad_batch(images, (sy, sx), padding_mode)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got {padding_mode!r}.")
+    pad_batch(images[:0], (sy, sx), padding_mode)  # argument checks only
+    return _shift(images, dx, dy, (sy, sx), padding_mode, buffer)
+
+
+def _shift(
+    images: torch.Tensor,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+    pad: tuple[int, int],
+    padding_mode: str,
+    buffer: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`translate` without its checks (which read the shifts on the host): pad, then one window gather."""
+    sy, sx = pad
+    padded = pad_batch(images, pad, padding_mode) if buffer is None else pad_into(images, pad, padding_mode, buffer)
     dy = dy.to(device=images.device, dtype=torch.long)
     dx = dx.to(device=images.device, dtype=torch.long)
     return crop_batch(padded, sy - dy, sx - dx, (images.shape[-2], images.shape[-1]))
@@ -296,7 +306,13 @@ class RandomTranslate(nn.Module):
         if self.max_shift == (0, 0) or self.p == 0.0:
             return images
         dx, dy = self.sample_offsets(images.shape[0], generator, images.device)
-        return translate(images, dx, dy, self.max_shift, self.padding_mode, self._scratch(images))
+        # the offsets lie in [-s, s] by construction: skip translate's host-side range check
+        if self.padding_mode == "reflect" and any(s >= n for s, n in zip(self.max_shift, images.shape[-2:])):
+            raise ValueError(
+                f"`padding_mode`='reflect' needs `max_shift` {self.max_shift} to be smaller than the image "
+                f"{tuple(images.shape[-2:])}; use 'replicate' or 'zeros'."
+            )
+        return _shift(images, dx, dy, self.max_shift, self.padding_mode, self._scratch(images))
 
     def _scratch(self, images: torch.Tensor) -> torch.Tensor:
         """The padded-batch scratch buffer, reused while batches keep dtype, device, format and size."""
@@ -399,11 +415,21 @@ class RandomHorizontalFlip(nn.Module):
         return f"p={self.p}"
 
 
-def flip_batch(images: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """Mirror the images where ``flags`` (``(N,)`` bool) is True; the others are copied unchanged."""
+def flip_batch(images: torch.Tensor, flags: torch.Tensor, sync_free: bool | None = None) -> torch.Tensor:
+    """Mirror the images where ``flags`` (``(N,)`` bool) is True; the others are copied unchanged.
+
+    ``sync_free`` (default: on every device but the CPU) selects with ``torch.where``, which
+    reads every image twice but never waits for the device; otherwise only the flagged
+    images are copied, which needs their indices on the host (``nonzero``: a device sync
+    off the CPU, the faster choice on the CPU).
+    """
     _check_batch(images)
-    out = images.clone(memory_format=memory_format_of(images))
-    idx = flags.to(images.device).nonzero().flatten()
+    fmt = memory_format_of(images)
+    flags = flags.to(images.device)
+    if sync_free if sync_free is not None else images.device.type != "cpu":
+        return torch.where(flags.view(-1, 1, 1, 1), images.flip(-1), images).contiguous(memory_format=fmt)
+    out = images.clone(memory_format=fmt)
+    idx = flags.nonzero().flatten()
     if idx.numel():  # index_select/index_copy_: half the time of out[idx] = images[idx].flip(-1) on CPU
         out.index_copy_(0, idx, images.index_select(0, idx).flip(-1))
     return out
