@@ -6,6 +6,7 @@ Run a subprocess with ``tests/`` on ``PYTHONPATH`` and these callbacks resolve a
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -37,11 +38,34 @@ class BlockAtStep(Callback):
             time.sleep(600)
 
 
+_GROUP_DESTROYED_AT_EXIT = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy this process's gloo group when it exits, before the interpreter's own teardown.
+
+    Lightning destroys only NCCL groups at exit. A spawned worker that exits with its gloo
+    group alive tears it down during interpreter finalisation, racing its peer's exit; on
+    this machine that occasionally aborted a worker ("terminate called without an active
+    exception") after a fit had finished and its results were saved.
+    """
+    global _GROUP_DESTROYED_AT_EXIT
+    if not _GROUP_DESTROYED_AT_EXIT and torch.distributed.is_available() and torch.distributed.is_initialized():
+        atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
+        _GROUP_DESTROYED_AT_EXIT = True
+
+
 class SaveFinalState(Callback):
-    """On rank 0 at the end of fit, save weights, learning rates and step counters to ``path`` (tensors only)."""
+    """On rank 0 at the end of fit, save weights, learning rates and step counters to ``path`` (tensors only).
+
+    In every process it also destroys the gloo group at exit (see :func:`destroy_process_group_at_exit`).
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        destroy_process_group_at_exit()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
