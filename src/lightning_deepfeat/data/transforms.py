@@ -138,20 +138,25 @@ def crop_batch(
     return torch.index_select(windows, 0, starts)
 
 
+def _check_padding(images: torch.Tensor, pad: tuple[int, int], padding_mode: str) -> None:
+    """Raise ``ValueError`` for an unknown ``padding_mode`` or a reflect padding not smaller than the images."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got {padding_mode!r}.")
+    if padding_mode == "reflect" and (pad[0] >= images.shape[-2] or pad[1] >= images.shape[-1]):
+        raise ValueError(
+            f"`padding_mode`='reflect' needs the shift {pad} to be smaller than the image "
+            f"({images.shape[-2]}, {images.shape[-1]}); use 'replicate' or 'zeros'."
+        )
+
+
 def pad_batch(images: torch.Tensor, pad: tuple[int, int], padding_mode: str = "zeros") -> torch.Tensor:
     """Pad ``pad = (py, px)`` pixels on each side of every image, keeping dtype and memory format.
 
     ``padding_mode``: ``"zeros"`` (value 0), ``"reflect"`` (mirror without repeating the
     edge, needs ``p < size``) or ``"replicate"`` (repeat the edge pixel).
     """
+    _check_padding(images, pad, padding_mode)
     py, px = pad
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got {padding_mode!r}.")
-    if padding_mode == "reflect" and (py >= images.shape[-2] or px >= images.shape[-1]):
-        raise ValueError(
-            f"`padding_mode`='reflect' needs the shift {pad} to be smaller than the image "
-            f"({images.shape[-2]}, {images.shape[-1]}); use 'replicate' or 'zeros'."
-        )
     if py == 0 and px == 0:
         return images
     mode = "constant" if padding_mode == "zeros" else padding_mode
@@ -242,9 +247,7 @@ def translate(
         sy, sx = _pair("max_shift", max_shift)
         if dy.numel() and (int(dy.abs().max()) > sy or int(dx.abs().max()) > sx):
             raise ValueError(f"shifts exceed `max_shift`={max_shift!r}.")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got {padding_mode!r}.")
-    pad_batch(images[:0], (sy, sx), padding_mode)  # argument checks only
+    _check_padding(images, (sy, sx), padding_mode)
     return _shift(images, dx, dy, (sy, sx), padding_mode, buffer)
 
 
@@ -307,11 +310,7 @@ class RandomTranslate(nn.Module):
             return images
         dx, dy = self.sample_offsets(images.shape[0], generator, images.device)
         # the offsets lie in [-s, s] by construction: skip translate's host-side range check
-        if self.padding_mode == "reflect" and any(s >= n for s, n in zip(self.max_shift, images.shape[-2:])):
-            raise ValueError(
-                f"`padding_mode`='reflect' needs `max_shift` {self.max_shift} to be smaller than the image "
-                f"{tuple(images.shape[-2:])}; use 'replicate' or 'zeros'."
-            )
+        _check_padding(images, self.max_shift, self.padding_mode)
         return _shift(images, dx, dy, self.max_shift, self.padding_mode, self._scratch(images))
 
     def _scratch(self, images: torch.Tensor) -> torch.Tensor:
@@ -426,7 +425,9 @@ def flip_batch(images: torch.Tensor, flags: torch.Tensor, sync_free: bool | None
     _check_batch(images)
     fmt = memory_format_of(images)
     flags = flags.to(images.device)
-    if sync_free if sync_free is not None else images.device.type != "cpu":
+    if sync_free is None:
+        sync_free = images.device.type != "cpu"
+    if sync_free:
         return torch.where(flags.view(-1, 1, 1, 1), images.flip(-1), images).contiguous(memory_format=fmt)
     out = images.clone(memory_format=fmt)
     idx = flags.nonzero().flatten()
