@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_deepfeat.data.loader import IndexBatch
+from lightning_deepfeat.metrics import ClassificationError
 from lightning_deepfeat.models._common import build_from_spec, module_spec
 from lightning_deepfeat.models.convnet import ConvNet
 
@@ -25,13 +26,6 @@ SchedulerFactory = Callable[[Optimizer], Any]
 def krizhevsky_sgd(params: Iterable[Any]) -> Optimizer:
     """SGD with lr 0.01, momentum 0.9 and weight decay 5e-4 (Krizhevsky et al. 2012)."""
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-
-class ClassificationError(MulticlassAccuracy):
-    r"""Top-k misclassification rate, :math:`1 - \mathrm{accuracy}`, micro-averaged over samples."""
-
-    def compute(self) -> torch.Tensor:
-        return 1.0 - super().compute()
 
 
 class FeatureClassifier(LightningModule):
