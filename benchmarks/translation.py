@@ -105,7 +105,9 @@ def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift
         dm = modules[on_device] = _Synthetic(images, labels, batch_size=batch, seed=0, gather_on_device=on_device, **augmentation)
         dm.setup("fit")
     fused, plain = modules[True], modules[False]
-    fused_loader, plain_loader = fused.train_dataloader(), plain.train_dataloader()
+    # the batches a Trainer given `datamodule=` gets (device_side), finished as on_after_batch_transfer does
+    fused_loader = fused.loader("train", train=True, device_side=True)
+    plain_loader = plain.loader("train", train=True, device_side=True)
 
     def ours() -> None:
         for batch_ in fused_loader:

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.trainer.states import TrainerStatus
 
 from _data_files import (
     IDX_STEMS,
@@ -34,8 +36,11 @@ from lightning_deepfeat.data.readers import write_idx
 
 
 def _attach(dm, training: bool, rank: int = 0, world: int = 1):
-    """A stand-in for the trainer: what the data module reads from it."""
-    dm.trainer = SimpleNamespace(training=training, global_rank=rank, world_size=world)
+    """A stand-in for a running trainer given ``datamodule=dm``: what the data module reads from it."""
+    dm.trainer = SimpleNamespace(
+        training=training, global_rank=rank, world_size=world, datamodule=dm, overfit_batches=0,
+        state=SimpleNamespace(status=TrainerStatus.RUNNING), precision_plugin=Precision(),
+    )
     return dm
 
 
@@ -52,12 +57,12 @@ def test_digits_shapes_split_and_dtypes():
     n_train, n_val, n_test = (dm.splits[s][0].shape[0] for s in ("train", "val", "test"))
     assert n_train + n_val + n_test == 1797 and n_test == round(0.2 * 1797) and n_val == round(0.1 * (1797 - n_test))
     assert dm.splits["train"][0].dtype == torch.uint8 and dm.image_shape == (1, 8, 8) and dm.num_classes == 10
-    batch = next(iter(dm.train_dataloader()))  # gathered on the device, after the transfer
+    batch = next(iter(dm.loader("train", train=True, device_side=True)))  # gathered on the device, after the transfer
     assert isinstance(batch, IndexBatch) and batch.indices.shape == (64,) and batch.indices.dtype == torch.int64
     assert torch.equal(batch.labels, dm.splits["train"][1][batch.indices])
     on_cpu = DigitsDataModule(batch_size=64, val_fraction=0.1, translate=1, gather_on_device=False)
     on_cpu.setup("fit")
-    images, labels = _first_batch(on_cpu, on_cpu.train_dataloader())
+    images, labels = _first_batch(on_cpu, on_cpu.loader("train", train=True, device_side=True))
     assert images.shape == (64, 1, 8, 8) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     assert torch.equal(images, on_cpu.splits["train"][0][batch.indices])  # same shuffle, gathered in the loader
 
@@ -65,7 +70,7 @@ def test_digits_shapes_split_and_dtypes():
 def test_augmentation_only_while_training():
     dm = DigitsDataModule(batch_size=256, translate=2, hflip=True, seed=0)
     dm.setup("fit")
-    raw, labels = _first_batch(dm, dm.val_dataloader())
+    raw, labels = _first_batch(dm, dm.loader("val", train=False, device_side=True))
     _attach(dm, training=False)
     out_eval, _ = dm.on_after_batch_transfer((raw, labels), 0)
     assert torch.equal(out_eval, dm.normalize(raw))  # validation/test/predict: normalised only
@@ -138,7 +143,7 @@ def test_crop_size_random_in_training_centre_in_evaluation():
     dm = DigitsDataModule(batch_size=32, crop_size=6, mean=[0.0], std=[1.0])
     assert dm.image_shape == (1, 6, 6) and DigitsDataModule.describe(crop_size=6)["image_shape"] == (1, 6, 6)
     dm.setup("fit")
-    raw, labels = _first_batch(dm, dm.val_dataloader())
+    raw, labels = _first_batch(dm, dm.loader("val", train=False, device_side=True))
     out, _ = _attach(dm, training=False).on_after_batch_transfer((raw, labels), 0)
     assert torch.equal(out, raw[:, :, 1:7, 1:7].float())
     out, _ = _attach(dm, training=True).on_after_batch_transfer((raw, labels), 0)
@@ -320,7 +325,7 @@ def test_image_folder_reads_jpeg_and_png_and_crops_on_device(tmp_path):
     assert ImageFolderDataModule.describe(root=tmp_path, resize=40, crop_size=32) == {"num_classes": 3, "image_shape": (3, 32, 32)}
     dm.setup("fit")
     assert dm.class_names == ["cat", "dog", "fox"] and len(dm.samples["train"]) == 12 and len(dm.samples["val"]) == 12
-    raw, labels = next(iter(dm.train_dataloader()))
+    raw, labels = next(iter(dm.loader("train", train=True, device_side=True)))
     assert raw.shape == (5, 3, 40, 40) and raw.dtype == torch.uint8
     train, _ = _attach(dm, training=True).on_after_batch_transfer((raw, labels), 0)
     evaluation, _ = _attach(dm, training=False).on_after_batch_transfer((raw, labels), 0)
@@ -376,8 +381,11 @@ def test_image_folder_worker_processes(tmp_path):
     write_image_folder(tmp_path, per_class=4)
     dm = ImageFolderDataModule(tmp_path, resize=40, crop_size=32, batch_size=4, num_workers=2, mean=[0, 0, 0], std=[1, 1, 1])
     dm.setup("fit")
-    batches = list(dm.val_dataloader())
+    batches = list(dm.loader("val", train=False, device_side=True))
     assert sum(b[0].shape[0] for b in batches) == 12 and all(b[0].dtype == torch.uint8 for b in batches)
+    finished = list(dm.val_dataloader())  # used on its own: the workers' batches come out centre-cropped, as floats
+    assert all(b[0].dtype == torch.float32 and b[0].shape[1:] == (3, 32, 32) for b in finished)
+    assert torch.equal(torch.cat([b[0] for b in finished]), torch.cat([b[0][:, :, 4:36, 4:36].float() for b in batches]))
 
 
 # ----------------------------------------------------------------- with a real Trainer
@@ -409,7 +417,7 @@ def test_trainer_fit_augments_training_batches_only(tmp_path):
     trainer.fit(Model(), datamodule=dm)
     val_raw = torch.cat([b[0] for b in InMemoryBatchLoader(*dm.splits["val"], batch_size=100)]).float()
     assert torch.equal(torch.cat(seen["val"]), val_raw)
-    loader = dm.train_dataloader()
+    loader = dm.loader("train", train=True, device_side=True)
     loader.set_epoch(0)
     train_raw = [dm.splits["train"][0][b.indices].float() for b in loader][:3]
     assert len(seen["train"]) == 3
@@ -510,8 +518,8 @@ def test_index_batch_given_straight_to_the_model_is_a_clear_error(tmp_path):
     model = FeatureClassifier(features=ConvNet(in_channels=1, channels=[4], hidden=[8]), num_classes=10, input_shape=(1, 8, 8))
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
-    with pytest.raises(TypeError, match="IndexBatch.*datamodule=dm.*gather_on_device=False"):
-        trainer.fit(model, train_dataloaders=dm.train_dataloader())
+    with pytest.raises(TypeError, match="IndexBatch.*datamodule=dm"):
+        trainer.fit(model, train_dataloaders=dm.loader("train", train=True, device_side=True))
 
 
 def test_gather_on_device_must_be_bool():

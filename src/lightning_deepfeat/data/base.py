@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerStatus
 
 from lightning_deepfeat.data.loader import IndexBatch, InMemoryBatchLoader
 from lightning_deepfeat.data.transforms import (
@@ -378,35 +379,77 @@ class ImageClassificationDataModule(LightningDataModule):
         return mean.float(), var.sqrt().float().clamp_min(1e-6)
 
     # ----------------------------------------------------------------- loaders
-    def _loader(self, split: str, train: bool) -> Any:
+    def attached(self) -> bool:
+        """Whether a running Trainer was given this data module (``trainer.fit(model, datamodule=dm)``).
+
+        Only then does Lightning call this module's :meth:`on_after_batch_transfer`, which
+        finishes the batches on the device; otherwise the loaders finish them themselves.
+        """
+        trainer = self.trainer
+        if trainer is None or getattr(trainer, "datamodule", None) is not self:
+            return False
+        return trainer.state.status == TrainerStatus.RUNNING
+
+    def _overfitting(self) -> bool:
+        """``Trainer(overfit_batches=...)``: one fixed set of training batches, neither shuffled nor augmented."""
+        return self.attached() and bool(getattr(self.trainer, "overfit_batches", 0))
+
+    def loader(self, split: str, train: bool, device_side: bool | None = None) -> Any:
+        """The batches of ``split`` (``"train"``, ``"val"`` or ``"test"``), shuffled and augmented when ``train``.
+
+        ``device_side=False``: finished batches ``(images, labels)``: float32 images
+        ``(B, *image_shape)``, augmented when ``train``, normalised; any model and any
+        loop consume them. ``device_side=True``: raw batches for the fast path, finished
+        by :meth:`on_after_batch_transfer` on the accelerator (uint8 images, or, for
+        training with ``gather_on_device``, an :class:`IndexBatch` of sample indices).
+        ``None`` (what the ``*_dataloader`` hooks use): ``device_side`` exactly when
+        :meth:`attached` to a running Trainer.
+        """
         if split not in self.splits:
             raise RuntimeError(f"{type(self).__name__}: split {split!r} is not set up; call setup() first.")
+        if device_side is None:
+            device_side = self.attached()
         images, labels = self.splits[split]
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        fetch = None
+        if not device_side:
+            if train:
+                fetch = self._finished_train_batch
+            else:
+                def fetch(indices: torch.Tensor) -> torch.Tensor:
+                    return self.finish_batch(images.index_select(0, indices), train=False)
         return InMemoryBatchLoader(
             images,
             labels,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and not self._overfitting(),
             seed=self.shuffle_seed,
             num_replicas=world,
             rank=rank,
             pad_to_equal=train,
-            yield_indices=train and self.gather_on_device,
+            yield_indices=train and device_side and self.gather_on_device,
+            fetch=fetch,
         )
 
+    def _finished_train_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return self._to_model_dtype(self.normalize(self.gather_augmented(indices)))
+
     def train_dataloader(self) -> Any:
-        return self._loader("train", train=True)
+        """Shuffled training batches; see :meth:`loader` for what they hold on their own and under a Trainer."""
+        return self.loader("train", train=True)
 
     def val_dataloader(self) -> Any:
-        return self._loader("val", train=False)
+        """Validation batches, in order; see :meth:`loader`."""
+        return self.loader("val", train=False)
 
     def test_dataloader(self) -> Any:
-        return self._loader("test", train=False)
+        """Test batches, in order; see :meth:`loader`."""
+        return self.loader("test", train=False)
 
     def predict_dataloader(self) -> Any:
-        return self._loader("test", train=False)
+        """The test split's batches, in order, for ``trainer.predict``; see :meth:`loader`."""
+        return self.loader("test", train=False)
 
     # ----------------------------------------------------------------- on device
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -430,16 +473,35 @@ class ImageClassificationDataModule(LightningDataModule):
         for device in [d for d in self._train_sources if d.type != "cpu"]:
             del self._train_sources[device]
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, IndexBatch):  # a training batch from our own loader
-            return self.normalize(self.gather_augmented(batch.indices)), batch.labels
-        images, labels = batch
+    def finish_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """A uint8 batch made ready for the model: :meth:`augment` (``train``) or :meth:`eval_transform`, then :meth:`normalize`."""
+        images = self.augment(images) if train else self.eval_transform(images)
+        return self._to_model_dtype(self.normalize(images))
+
+    def _to_model_dtype(self, images: torch.Tensor) -> torch.Tensor:
+        """The dtype the Trainer's precision feeds the model (``bf16-true``: bfloat16, ``64-true``: float64).
+
+        Lightning converts a batch before the transfer, so a batch normalised after it
+        must be converted here, through the precision plugin's public ``convert_input``.
+        """
         trainer = self.trainer
-        if trainer is not None and trainer.training:
-            images = self.augment(images)
-        else:
-            images = self.eval_transform(images)
-        return self.normalize(images), labels
+        if trainer is None or not self.attached():
+            return images
+        return trainer.precision_plugin.convert_input(images)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Finish a batch on its device: gather (fast path), augment in training, normalise, cast to the precision."""
+        training = self.trainer is not None and self.trainer.training
+        if isinstance(batch, IndexBatch):  # a training batch from our own loader
+            if self._overfitting():
+                images = self._train_source(batch.indices.device, (0, 0), "zeros").index_select(0, batch.indices)
+            else:
+                images = self.gather_augmented(batch.indices)
+            return self._to_model_dtype(self.normalize(images)), batch.labels
+        images, labels = batch
+        if images.is_floating_point():  # finished by a loader used on its own: only the precision is left
+            return self._to_model_dtype(images), labels
+        return self.finish_batch(images, train=training and not self._overfitting()), labels
 
 
 DATA_ENV = "DEEPFEAT_DATA"

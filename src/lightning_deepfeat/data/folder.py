@@ -193,18 +193,40 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             self.mean = mean if self.mean is None else self.mean
             self.std = std if self.std is None else self.std
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def loader(self, split: str, train: bool, device_side: bool | None = None) -> DataLoader:
+        """A ``DataLoader`` over the files of ``split``: workers decode, the batch is finished as in the base class.
+
+        ``device_side``: uint8 batches finished on the device by :meth:`on_after_batch_transfer`
+        (default while attached to a running Trainer); otherwise each collated batch is
+        augmented (``train``) or centre-cropped, and normalised, in the loader.
+        """
         if split not in self.samples:
             raise RuntimeError(f"{type(self).__name__}: split {split!r} is not set up; call setup() first.")
+        if device_side is None:
+            device_side = self.attached()
+        shuffle = train and not self._overfitting()
         return DataLoader(
             ImageFileDataset(self.samples[split], self.resize),
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.shuffle_seed) if train else None,
+            generator=torch.Generator().manual_seed(self.shuffle_seed) if shuffle else None,
+            collate_fn=None if device_side else _FinishedBatches(self, train),
         )
+
+
+class _FinishedBatches:
+    """``collate_fn`` of a loader used on its own: stack the uint8 images, then finish them as the module would."""
+
+    def __init__(self, datamodule: ImageClassificationDataModule, train: bool) -> None:
+        self.datamodule, self.train = datamodule, train
+
+    def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([image for image, _ in samples])
+        labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        return self.datamodule.finish_batch(images, train=self.train), labels
 
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule", "is_image_file", "scan_image_folder"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
+from torch.utils.data import Sampler, SequentialSampler
 
 
 class IndexBatch(NamedTuple):
@@ -22,10 +23,27 @@ class IndexBatch(NamedTuple):
     labels: torch.Tensor
 
 
-class _EpochSetter:
-    """Lets Lightning's ``_set_sampler_epoch`` (which looks for ``loader.sampler.set_epoch``) reach the loader."""
+class _ShuffledOrder(Sampler[int]):
+    """The loader's ``sampler``: Lightning calls ``loader.sampler.set_epoch`` at every epoch start."""
 
     def __init__(self, loader: InMemoryBatchLoader) -> None:
+        self._loader = loader
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._loader.indices().tolist())
+
+    def __len__(self) -> int:
+        return len(self._loader.indices())
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.set_epoch(epoch)
+
+
+class _SequentialOrder(SequentialSampler):
+    """The ``sampler`` of an unshuffled loader: a ``SequentialSampler``, so Lightning sees no shuffling."""
+
+    def __init__(self, loader: InMemoryBatchLoader) -> None:
+        super().__init__(range(loader.labels.shape[0]))
         self._loader = loader
 
     def set_epoch(self, epoch: int) -> None:
@@ -48,7 +66,9 @@ class InMemoryBatchLoader:
 
     With ``yield_indices`` the loader yields :class:`IndexBatch` ``(indices, labels)``
     instead of images, and leaves the gather to the consumer (the data module gathers on
-    the device, fused with the first augmentation).
+    the device, fused with the first augmentation). With ``fetch`` it yields
+    ``(fetch(indices), labels)``: the data module passes a function that gathers, augments
+    and normalises, so that a loader used on its own gives batches any model consumes.
 
     The loader is stateful (``state_dict``/``load_state_dict``): Lightning saves it in
     the checkpoint and a run resumed mid-epoch continues with the next unseen batch.
@@ -65,6 +85,7 @@ class InMemoryBatchLoader:
         pad_to_equal: wrap around so every process gets the same number of samples.
         yield_indices: yield :class:`IndexBatch` ``(indices, labels)`` instead of
             ``(images, labels)``.
+        fetch: ``indices -> images`` used instead of ``images.index_select(0, indices)``.
     """
 
     def __init__(
@@ -79,6 +100,7 @@ class InMemoryBatchLoader:
         rank: int = 0,
         pad_to_equal: bool = False,
         yield_indices: bool = False,
+        fetch: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"images and labels differ in length: {images.shape[0]} != {labels.shape[0]}.")
@@ -96,8 +118,10 @@ class InMemoryBatchLoader:
         self.rank = rank
         self.pad_to_equal = pad_to_equal
         self.yield_indices = yield_indices
+        self.fetch = fetch
         self.epoch = 0
-        self.sampler = _EpochSetter(self)
+        # Lightning reads `sampler`: set_epoch at epoch starts, SequentialSampler to see that nothing is shuffled
+        self.sampler: Sampler[int] = _ShuffledOrder(self) if shuffle else _SequentialOrder(self)
         self.batch_sampler = None  # Lightning inspects it; batches are formed here
         self._batches_done = 0
         self._skip = 0
@@ -133,6 +157,9 @@ class InMemoryBatchLoader:
             self._batches_done = b + 1
             if self.yield_indices:
                 yield IndexBatch(idx, self.labels.index_select(0, idx))
+                continue
+            if self.fetch is not None:
+                yield self.fetch(idx), self.labels.index_select(0, idx)
                 continue
             # index_select, not images[idx]: same result, several times faster on CPU
             yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
