@@ -120,3 +120,29 @@ class DumpWeights(Callback):
         cb = next(c for c in trainer.callbacks if type(c).__name__ == "MaxNormConstraint")
         bounds = {n: (d, float(row_norms(w, d).max())) for n, (w, d) in cb.constrained.items()}
         torch.save(bounds, out / f"bounds{rank}.pt")
+
+
+class StepLRRecorder(Callback):
+    """Before every optimizer step, records ``[global_step, [lr of every group of every optimizer]]``.
+
+    With ``out_dir``, each rank dumps its rows to ``rank{r}.json`` at train end (and destroys its
+    gloo group at exit, see ``_scaling_helpers.destroy_process_group_at_exit``).
+    """
+
+    def __init__(self, out_dir: str | None = None) -> None:
+        self.rows: list[list[Any]] = []
+        self.out_dir = out_dir
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.out_dir is not None:
+            from _scaling_helpers import destroy_process_group_at_exit
+
+            destroy_process_group_at_exit()
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups]
+        self.rows.append([trainer.global_step, lrs])
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.out_dir is not None:
+            (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.rows))

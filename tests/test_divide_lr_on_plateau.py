@@ -107,6 +107,11 @@ def test_divisor_keeps_group_ratios_and_max_drops_stop():
         (dict(check_every_n_steps=0), "`check_every_n_steps` must be an int >= 1 or None, got 0"),
         (dict(stop_on_final_plateau=True), "`stop_on_final_plateau=True` needs `max_drops`"),
         (dict(monitor=""), "`monitor`"),
+        (dict(warmup_steps=-1), "`warmup_steps` must be an int >= 0, got -1"),
+        (dict(warmup_steps=2.5), "`warmup_steps` must be an int >= 0, got 2.5"),
+        (dict(warmup_start_factor=1.5), "`warmup_start_factor` must be a finite number in [0, 1], got 1.5"),
+        (dict(warmup_start_factor=-0.1), "`warmup_start_factor` must be a finite number in [0, 1], got -0.1"),
+        (dict(warmup_start_factor=float("nan")), "`warmup_start_factor` must be a finite number in [0, 1], got nan"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, fragment):
@@ -138,6 +143,39 @@ def test_missing_monitor_strict_lists_keys_and_non_strict_warns():
     with pytest.warns(UserWarning, match="Skipping the check"):
         quiet_trainer(max_epochs=2, callbacks=[cb]).fit(ScriptedMetricModule(stream=[1.0] * 3), tiny_loader())
     assert cb.num_checks == 0
+
+
+def test_epoch_check_on_a_per_step_only_metric_is_refused():
+    # logged per step only: the value at the epoch end is the last step's, not the epoch's
+    model = ScriptedMetricModule(step_stream=[1.0] * 8)
+    with pytest.raises(RuntimeError, match=r"'metric' is logged per step only.*on_epoch=True.*check_every_n_steps"):
+        quiet_trainer(max_epochs=2, callbacks=[DivideLROnPlateau(monitor="metric")]).fit(model, tiny_loader())
+    cb = DivideLROnPlateau(monitor="metric", strict=False)
+    with pytest.warns(UserWarning, match="logged per step only"):
+        quiet_trainer(max_epochs=2, callbacks=[cb]).fit(ScriptedMetricModule(step_stream=[1.0] * 8), tiny_loader())
+    assert cb.num_checks == 0
+
+
+def test_step_mode_metric_logged_at_some_steps_only():
+    # logged at even steps only: the window mean is over the values logged in it, each counted once
+    class EvenSteps(ScriptedMetricModule):
+        def training_step(self, batch, batch_idx):
+            if self.global_step % 2 == 0:
+                self.log("metric", float(self.step_stream[self.global_step]), on_step=True, on_epoch=False)
+            return (self.layers[0](batch[0]) ** 2).mean() * 0.0
+
+    seen = []
+    cb = DivideLROnPlateau(monitor="metric", check_every_n_steps=3, patience=10, verbose=False)
+    original = cb.step
+    cb.step = lambda v, opts: (seen.append(v), original(v, opts))[1]
+    quiet_trainer(max_steps=6, callbacks=[cb]).fit(EvenSteps(step_stream=[1.0, 9, 4.0, 9, 7.0, 9]), tiny_loader())
+    assert seen == [2.5, 7.0]  # steps 0-2: (1 + 4) / 2; steps 3-5: 7 (a value not logged again is not re-counted)
+
+
+def test_warmup_lr_closed_form():
+    cb = DivideLROnPlateau(warmup_steps=4, warmup_start_factor=0.2)
+    assert [cb.warmup_lr(0.5, t) for t in range(6)] == [0.5 * (0.2 + (1 - 0.2) * t / 4) for t in range(4)] + [0.5, 0.5]
+    assert DivideLROnPlateau().warmup_lr(0.5, 0) == 0.5  # no warm-up
 
 
 def test_epoch_checks_in_trainer_match_pure_rule():

@@ -18,6 +18,12 @@ from lightning_deepfeat.callbacks import MaxNormConstraint
 from lightning_deepfeat.models import MLP, FeatureClassifier
 
 C = 0.5
+BOUND_RTOL = 1e-5  # a projected unit ends at c(1 - mu), mu ~ 1e-6 here (the margin that makes it idempotent)
+
+
+def _on_bound(norms: torch.Tensor, c: float) -> bool:
+    """Every norm (computed in float64) is in [c (1 - 1e-5), c]: on the bound, never above it."""
+    return bool(((norms <= c) & (norms >= c * (1 - BOUND_RTOL))).all())
 
 
 def _data(n: int = 16, batch_size: int = 4, seed: int = 0):
@@ -49,11 +55,11 @@ def test_projection_exact_and_equal_to_renorm():
     before = lin.weight.detach().clone()
     cb = MaxNormConstraint(max_norm=C, exclude_head=False)
     cb.project(cb.select(nn.Sequential(lin)).values())
-    n_before, n_after = row_norms(before), row_norms(lin.weight)
+    n_before, n_after = row_norms(before), row_norms(lin.weight.double())
     inside = n_before <= C
     assert inside.sum() >= 3 and (~inside).sum() >= 3
     assert torch.equal(lin.weight[inside], before[inside])  # bit-identical, not just close
-    assert torch.allclose(n_after[~inside], torch.full_like(n_after[~inside], C), rtol=0, atol=1e-6)
+    assert _on_bound(n_after[~inside], C)
     assert (lin.weight - torch.renorm(before, 2, 0, C)).abs().max() <= 1e-6
 
 
@@ -68,9 +74,9 @@ def test_conv_filters_and_transposed_units(layer, unit_dim):
     selected = cb.select(nn.Sequential(layer))
     assert [d for _, d in selected.values()] == [unit_dim]
     cb.project(selected.values())
-    n = row_norms(layer.weight, unit_dim)
+    n = row_norms(layer.weight.double(), unit_dim)
     assert torch.equal(layer.weight.select(unit_dim, 0), before.select(unit_dim, 0))
-    assert torch.allclose(n[1:], torch.full_like(n[1:], C), rtol=0, atol=1e-6)
+    assert _on_bound(n[1:], C)
     expected = torch.renorm(before.transpose(0, unit_dim), 2, 0, C).transpose(0, unit_dim)
     assert (layer.weight - expected).abs().max() <= 1e-6
 
@@ -113,7 +119,29 @@ def test_under_bound_rows_bit_identical_through_training():
     quiet_trainer(max_steps=2, callbacks=[cb]).fit(model, _data())
     inside = norms <= c
     assert torch.equal(layer.weight[inside], before[inside])
-    assert torch.allclose(row_norms(layer.weight)[~inside], torch.full(((~inside).sum(),), c), rtol=0, atol=1e-6)
+    assert _on_bound(row_norms(layer.weight.double())[~inside], c)
+
+
+def test_resume_on_the_bound_bit_exact_and_counts_steps_plus_one(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(max_epochs, ckpt_path=None, save=False):
+        model, cb = _classifier(lr=5.0), MaxNormConstraint(max_norm=C)
+        cbs = [cb] + ([ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_on_train_epoch_end=True)]
+                      if save else [])
+        trainer = quiet_trainer(max_epochs=max_epochs, callbacks=cbs, enable_checkpointing=save)
+        trainer.fit(model, _data(), ckpt_path=ckpt_path)
+        return model, cb
+
+    full, full_cb = fit(3)
+    fit(1, save=True)
+    resumed, cb = fit(3, ckpt_path=str(tmp_path / "epoch=0.ckpt"))
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    for w, d in cb.constrained.values():  # units sit on the bound, none above it
+        norms = row_norms(w.double(), d)
+        assert (norms <= C).all() and (norms >= C * (1 - BOUND_RTOL)).any()
+    assert cb.num_applications == full_cb.num_applications == 3 * 4 + 1  # fit start + 12 steps, in both runs
 
 
 def test_once_per_step_under_gradient_accumulation():

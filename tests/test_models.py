@@ -239,3 +239,124 @@ def test_deepcopy_and_hparams_do_not_hold_the_module():
     model = FeatureClassifier(MLP(hidden=(8,)))
     assert not any(isinstance(v, nn.Module) for v in model.hparams.values())
     copy.deepcopy(model)
+
+
+# ------------------------------------------------------------------ what checkpoints record
+def _make(width: int) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU())
+
+
+class _Forwarding(FeatureClassifier):
+    def __init__(self, width: int = 8, **kw):
+        super().__init__(features=_make(width), **kw)
+
+
+class _FixesClasses(FeatureClassifier):
+    """Passes num_classes up itself, forwards the rest."""
+
+    def __init__(self, width: int = 8, **kw):
+        super().__init__(features=_make(width), num_classes=3, **kw)
+
+
+class _Middle(FeatureClassifier):
+    def __init__(self, depth: int = 1, **kw):
+        super().__init__(**kw)
+
+
+class _Outer(_Middle):
+    def __init__(self, **kw):
+        super().__init__(depth=2, **kw)
+
+
+class _Positional(FeatureClassifier):
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+
+
+def test_hparams_hold_what_the_outermost_constructor_received():
+    from functools import partial
+
+    assert dict(_Forwarding(width=12).hparams) == {"width": 12}
+    assert dict(_Forwarding(width=12, num_classes=4, lr=0.1).hparams) == {"width": 12, "num_classes": 4, "lr": 0.1}
+    assert dict(_FixesClasses().hparams) == {"width": 8}  # num_classes=3 is the subclass's own
+    assert "depth" not in _Outer(features=MLP(hidden=(8,))).hparams  # given by _Outer itself
+    assert _Outer(features=MLP(hidden=(8,))).hparams["features"]["class_path"].endswith("MLP")
+    # positional arguments have no names: everything FeatureClassifier saw is recorded, as before
+    positional = _Positional(MLP(hidden=(8,)), 5, optimizer=partial(torch.optim.Adam, lr=0.01))
+    assert positional.hparams["features"]["class_path"].endswith("MLP") and positional.hparams["num_classes"] == 5
+    assert positional.hparams["optimizer"] == {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}
+    # plain data only, so that weights_only=True loads it
+    default = FeatureClassifier(MLP(hidden=(8,)))
+    assert default.hparams["optimizer"] == "lightning_deepfeat.models.classifier.krizhevsky_sgd"
+    assert not any(callable(v) or isinstance(v, nn.Module) for v in default.hparams.values())
+
+
+def test_factory_specs():
+    from functools import partial
+
+    from lightning_deepfeat.models._rebuild import factory_spec
+
+    assert factory_spec(partial(torch.optim.Adam, lr=1e-3, betas=(0.9, 0.99))) == {
+        "class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3, "betas": (0.9, 0.99)}}
+    assert factory_spec(torch.optim.SGD) == {"class_path": "torch.optim.SGD", "init_args": {}}
+    assert factory_spec(partial(torch.optim.lr_scheduler.StepLR, step_size=2)) == {
+        "class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 2}}
+    assert "a lambda" in factory_spec(lambda p: torch.optim.SGD(p, 0.1))["unrebuildable"]
+    assert "positional" in factory_spec(partial(torch.optim.SGD, [], 0.1))["unrebuildable"]
+    assert "not plain data" in factory_spec(partial(torch.optim.SGD, lr=torch.tensor(0.1)))["unrebuildable"]
+
+
+def test_factory_spec_of_a_jsonargparse_class_path():
+    """jsonargparse's form of `class_path: torch.optim.Adam` (LightningCLI's YAML) is read back as a spec.
+
+    This reads how jsonargparse builds the callable; if an upgrade changes it, this fails
+    (and reloading such a checkpoint warns that the optimizer must be passed again).
+    """
+    from typing import Any, Callable, Iterable
+
+    from jsonargparse import ArgumentParser
+
+    from lightning_deepfeat.models._rebuild import factory_spec
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--optimizer", type=Callable[[Iterable[Any]], torch.optim.Optimizer])
+    config = parser.parse_object({"optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.002}}})
+    factory = parser.instantiate_classes(config).optimizer
+    spec = factory_spec(factory)
+    assert spec["class_path"] == "torch.optim.Adam" and spec["init_args"]["lr"] == 0.002
+
+
+def test_checkpoint_specs_import_nothing_new_and_no_standard_library():
+    import sys
+
+    with pytest.raises(ValueError, match=r"`optimizer` names 'not_a_real_module_xyz.Opt', whose module is not imported"):
+        FeatureClassifier(MLP(hidden=(8,)), optimizer={"class_path": "not_a_real_module_xyz.Opt"})
+    assert "not_a_real_module_xyz" not in sys.modules
+    with pytest.raises(ValueError, match=r"`optimizer` names 'os.system', a standard-library callable"):
+        FeatureClassifier(MLP(hidden=(8,)), optimizer="os.system")
+    with pytest.raises(ValueError, match=r"`lr_scheduler` names 'torch.optim.NoSuchScheduler', which does not exist"):
+        FeatureClassifier(MLP(hidden=(8,)), lr_scheduler={"class_path": "torch.optim.NoSuchScheduler"})
+    with pytest.raises(ValueError, match=r"`features` class_path 'torch.optim.SGD' does not name an nn.Module"):
+        FeatureClassifier({"class_path": "torch.optim.SGD"})
+    with pytest.raises(ValueError, match=r"`optimizer` must be a callable taking the parameters .* got 3"):
+        FeatureClassifier(MLP(hidden=(8,)), optimizer=3)
+
+
+def test_example_input_array_follows_the_parameters_and_can_be_set():
+    model = FeatureClassifier(MLP(hidden=(8,)), input_shape=(1, 8, 8))
+    assert model.example_input_array.shape == (1, 1, 8, 8) and model.example_input_array.dtype == torch.float32
+    assert model.double().example_input_array.dtype == torch.float64
+    mine = torch.ones(2, 1, 8, 8)
+    model.example_input_array = mine
+    assert model.example_input_array is mine
+
+
+def test_numpy_scalars_are_not_plain_data():
+    """weights_only=True cannot unpickle them: such a partial is recorded as unrebuildable, not saved broken."""
+    from functools import partial
+
+    import numpy as np
+
+    from lightning_deepfeat.models._rebuild import factory_spec
+
+    assert "not plain data" in factory_spec(partial(torch.optim.SGD, lr=np.float64(0.1)))["unrebuildable"]

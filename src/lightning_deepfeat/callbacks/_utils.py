@@ -36,6 +36,23 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def same_logged_value(a: Any, b: Any) -> bool:
+    """Whether two reads of ``trainer.callback_metrics`` hold the same logged value (not logged again in between).
+
+    Lightning hands out a fresh ``detach()`` of a stored value at every read, so the tensor
+    objects differ, but they share that value's storage; a value logged again is computed
+    into a new tensor. The caller keeps a reference to ``b`` so its storage cannot be freed
+    and reused by a newer value. ``tests/test_contract_callbacks.py`` checks this behaviour of
+    Lightning, so a change upstream fails loudly there.
+    """
+    if a is b:
+        return True
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return False
+    return (a.device == b.device and a.storage_offset() == b.storage_offset()
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+
+
 def reduce_mean_consistent(trainer: Any, value: torch.Tensor) -> torch.Tensor:
     """Mean of ``value`` over all processes, then rank 0's result broadcast to all.
 

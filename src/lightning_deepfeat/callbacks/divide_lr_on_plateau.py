@@ -9,12 +9,19 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 
-from lightning_deepfeat.callbacks._utils import check_choice, check_int, check_number, reduce_mean_consistent
+from lightning_deepfeat.callbacks._utils import (
+    check_choice,
+    check_int,
+    check_number,
+    reduce_mean_consistent,
+    same_logged_value,
+)
+from lightning_deepfeat.metrics import ClassificationError
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +72,35 @@ class DivideLROnPlateau(Callback):
     ``train_error``, the exact sample-weighted error of the last ``N`` steps read from the
     metric's running counts.
 
+    A check uses only a value logged since the previous one (a value not logged again is not
+    checked twice). In the per-epoch mode a value logged per step only (``on_step=True,
+    on_epoch=False``) is refused, and with ``check_every_n_steps`` one logged per epoch only:
+    each with an error that says how to log it.
+
     Checks happen before :class:`~lightning.pytorch.callbacks.ModelCheckpoint` writes the
     checkpoint of that epoch (Lightning runs checkpoint callbacks last), so a run resumed from
-    any epoch's checkpoint reproduces the uninterrupted learning-rate sequence.
+    any epoch's checkpoint reproduces the uninterrupted learning-rate sequence. The exception:
+    a per-epoch check at the end of the training epoch comes after a checkpoint that
+    ``ModelCheckpoint`` writes at the end of validation (its default with
+    ``val_check_interval < 1`` or ``check_val_every_n_epoch > 1``); the callback sees such a
+    checkpoint being written and warns once.
+
+    **Warm-up.** With ``warmup_steps=N > 0`` every parameter group's learning rate first rises
+    linearly from :math:`f\,\eta_g` to its base value :math:`\eta_g` (the group's learning
+    rate at fit start) over the first :math:`N` optimizer steps: optimizer step :math:`t`
+    (``trainer.global_step``, set before the step) uses
+
+    .. math::
+        \eta_g(t) = \eta_g \left(f + (1 - f)\,\frac{t}{N}\right) \quad (t < N), \qquad
+        \eta_g(t) = \eta_g \quad (t \ge N),
+
+    with :math:`f` = ``warmup_start_factor``: the values of
+    ``torch.optim.lr_scheduler.LinearLR(start_factor=f, total_iters=N)``, which cannot be
+    chained with a plateau scheduler. Checks made before the warm-up is over
+    (``global_step <= N``) are ignored: they neither count as bad nor set the best value, so
+    plateau counting starts after the warm-up; then the rule above applies. The base learning
+    rates are saved in checkpoints, and :math:`\eta_g(t)` depends only on ``global_step``, so
+    a run resumed mid-warm-up continues bit for bit and every process uses the same values.
 
     **Distributed runs.** The monitored value is averaged over processes and rank 0's mean is
     broadcast before deciding, so every process takes the same decision even when the metric
@@ -93,6 +126,10 @@ class DivideLROnPlateau(Callback):
         strict: a missing ``monitor`` key raises (listing the available keys) when ``True``,
             warns and skips the check when ``False``.
         verbose: print each drop (rank 0 only).
+        warmup_steps: :math:`N \geq 0`, optimizer steps of linear warm-up before the plateau
+            rule starts (0: none).
+        warmup_start_factor: :math:`f \in [0, 1]`, the first step's fraction of each base
+            learning rate (default 1/3, as ``LinearLR``).
 
     The current learning rates are in :attr:`current_lrs` and are sent to the trainer's
     loggers as ``lr`` (one group) or ``lr-opt{i}-pg{j}`` after each check.
@@ -114,6 +151,8 @@ class DivideLROnPlateau(Callback):
         check_every_n_steps: int | None = None,
         strict: bool = True,
         verbose: bool = True,
+        warmup_steps: int = 0,
+        warmup_start_factor: float = 1.0 / 3.0,
     ) -> None:
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
@@ -143,6 +182,11 @@ class DivideLROnPlateau(Callback):
         self.check_every_n_steps = check_int("check_every_n_steps", check_every_n_steps, low=1, allow_none=True)
         self.strict = bool(strict)
         self.verbose = bool(verbose)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
+        self.warmup_start_factor = check_number("warmup_start_factor", warmup_start_factor, low=0.0,
+                                                allow="a finite number in [0, 1]")
+        if self.warmup_start_factor > 1.0:
+            raise ValueError(f"`warmup_start_factor` must be a finite number in [0, 1], got {warmup_start_factor!r}.")
 
         # decision state (saved in checkpoints)
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -155,12 +199,29 @@ class DivideLROnPlateau(Callback):
         self._window_sum = 0.0
         self._window_count = 0.0
         self._last_global_step = -1
+        # warm-up: base learning rates of all groups, captured at fit start (saved in checkpoints)
+        self._base_lrs: list[float] | None = None
+        self._base_lrs_restored = False
         # per-run bookkeeping (not saved)
         self._decided_epoch = -1
         self._val_ran_epoch = -1
         self._counts_base: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._warned_missing = False
+        self._warned_missing: set[str] = set()
         self._base_from_checkpoint = False
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        # Freshness of logged values, read from trainer.callback_metrics (see same_logged_value): the
+        # references are kept so that the storage of a consumed value cannot be reused by a newer one.
+        self._consumed: Any = None  # the value the last per-epoch check used
+        self._val_start: Any = None  # the monitored value when the running validation started
+        self._last_step_value: Any = None  # the value after the epoch's last batch (a per-step value, if any)
+        self._step_seen: Any = None  # step mode: the value last seen (added to the window or not)
+        self._logged_per_step = False  # step mode: the module logged a per-step value in this fit
+        # resume-timing warning: a checkpoint written after validation, before the epoch-end decision
+        self._after_validation = False
+        self._saved_after_validation = False
+        self._warned_timing = False
 
     # ------------------------------------------------------------------ state
     @property
@@ -183,6 +244,7 @@ class DivideLROnPlateau(Callback):
             "counts_base": None if self._counts_base is None else [float(c) for c in self._counts_base],
             "divisor": self.divisor,
             "patience": self.patience,
+            "base_lrs": None if self._base_lrs is None else list(self._base_lrs),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -198,6 +260,9 @@ class DivideLROnPlateau(Callback):
         base = state_dict.get("counts_base")
         self._counts_base = None if base is None else (torch.tensor(int(base[0])), torch.tensor(int(base[1])))
         self._base_from_checkpoint = base is not None
+        base_lrs = state_dict.get("base_lrs")
+        self._base_lrs = None if base_lrs is None else [float(v) for v in base_lrs]
+        self._base_lrs_restored = base_lrs is not None
 
     # ------------------------------------------------------------------ pure logic
     def is_improvement(self, current: float, best: float) -> bool:
@@ -259,6 +324,13 @@ class DivideLROnPlateau(Callback):
                 changed = True
         return changed
 
+    def warmup_lr(self, base_lr: float, step: int) -> float:
+        r"""Learning rate of optimizer step ``step`` for a group whose base rate is ``base_lr`` (class docstring)."""
+        if step >= self.warmup_steps:
+            return base_lr
+        f = self.warmup_start_factor
+        return base_lr * (f + (1.0 - f) * step / self.warmup_steps)
+
     @property
     def current_lrs(self) -> list[float]:
         """Learning rate of every parameter group of every optimizer of the last fit, in order."""
@@ -276,28 +348,35 @@ class DivideLROnPlateau(Callback):
         self._optimizers = list(trainer.optimizers)
         if not self._optimizers:
             raise MisconfigurationException("DivideLROnPlateau needs at least one optimizer; the module configured none.")
-        self._floors([g for opt in self._optimizers for g in opt.param_groups])  # validate min_lr length now
+        groups = [g for opt in self._optimizers for g in opt.param_groups]
+        self._floors(groups)  # validate min_lr length now
+        # Base rates of the warm-up: restored ones on resume (the optimizers' rates are restored only
+        # after this hook, and would be mid-warm-up values), else the rates configure_optimizers set.
+        if not self._base_lrs_restored or self._base_lrs is None:
+            self._base_lrs = [float(g["lr"]) for g in groups]
+        elif len(self._base_lrs) != len(groups):
+            raise ValueError(
+                f"The checkpoint's DivideLROnPlateau state has {len(self._base_lrs)} base learning rates but the "
+                f"optimizers have {len(groups)} parameter groups; resume with the same optimizer set-up."
+            )
+        self._base_lrs_restored = False
         self._decided_epoch = -1
         self._val_ran_epoch = -1
-        if self.check_every_n_steps is None and not self.monitor.startswith("val"):
-            for cb in trainer.checkpoint_callbacks:
-                saves_at_epoch_end = getattr(cb, "_should_save_on_train_epoch_end", lambda _: True)
-                if isinstance(cb, ModelCheckpoint) and not saves_at_epoch_end(trainer):
-                    rank_zero_warn(
-                        f"DivideLROnPlateau monitors the training metric {self.monitor!r}, decided at the end of the "
-                        "training epoch, but ModelCheckpoint saves at the end of validation (before that). A run "
-                        "resumed from such a checkpoint may drop one epoch late; pass "
-                        "`ModelCheckpoint(save_on_train_epoch_end=True)` for exact resumption."
-                    )
+        self._reset_run_state()
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Under DDP, store the step window as seen by all processes (a collective, like checkpointing itself).
+        """Note a checkpoint written after validation; under DDP, store the step window as seen by all processes.
+
+        Every checkpoint passes through this hook, so a checkpoint written between the end of
+        validation and the end-of-epoch check is observed here, whoever writes it.
 
         Rank 0 writes the file, so the saved window must not be rank 0's alone: the window sum is
         averaged over the processes (their counts are equal, so every process resuming from the
         mean gives the same mean of window means), and the error-count base is summed, which
         matches a module that restores its summed running counts on rank 0 (FeatureClassifier).
         """
+        if self._after_validation:
+            self._saved_after_validation = True
         if trainer.world_size <= 1 or self.check_every_n_steps is None:
             return
         state = checkpoint.get("callbacks", {}).get(self.state_key)
@@ -317,30 +396,60 @@ class DivideLROnPlateau(Callback):
         state["counts_base"] = [float(base[0]), float(base[1])] if float(has_base) > 0 else None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # logged here, not at fit start: on resume Lightning restores the optimizers (and their learning
+        # here, not at fit start: on resume Lightning restores the optimizers (and their learning
         # rates) and the step counter between the two
+        self._apply_warmup(trainer)
         self._log_lrs(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._counts_base = None
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._after_validation = False  # a validation followed by more training: not the epoch-end one
+        self._apply_warmup(trainer)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.check_every_n_steps is None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._val_start = trainer.callback_metrics.get(self.monitor)
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.check_every_n_steps is not None or trainer.sanity_checking or trainer.state.fn != "fit":
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = trainer.callback_metrics
+        if self.check_every_n_steps is not None:
+            self._step_seen = self._step_value(metrics)  # logged by validation: not a training step's value
             return
         self._val_ran_epoch = trainer.current_epoch
-        fresh = _fresh_metrics(trainer, on_step=False)
-        if self.monitor in fresh:
+        value = metrics.get(self.monitor)
+        if value is not None and not same_logged_value(value, self._val_start):  # logged by this validation
             self._decided_epoch = trainer.current_epoch
-            self._check(trainer, pl_module, fresh[self.monitor])
+            self._consumed = value
+            self._check(trainer, pl_module, value)
+        self._val_start = None
+        # ModelCheckpoint runs after this hook (Lightning orders checkpoint callbacks last): watch for its save
+        self._after_validation = True
+        self._saved_after_validation = False
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.check_every_n_steps is not None or self._decided_epoch == trainer.current_epoch:
+        saved_before_decision = self._after_validation and self._saved_after_validation
+        self._after_validation = False
+        metrics = trainer.callback_metrics
+        if self.check_every_n_steps is not None:
+            self._step_seen = self._step_value(metrics)  # the epoch-level value, if any: not a step's
             return
-        fresh = _fresh_metrics(trainer, on_step=False)
-        if self.monitor in fresh:
-            self._check(trainer, pl_module, fresh[self.monitor])
+        if self._decided_epoch == trainer.current_epoch:
             return
-        if self.monitor in trainer.callback_metrics:
+        value = metrics.get(self.monitor)
+        if value is not None and not same_logged_value(value, self._consumed):
+            if same_logged_value(value, self._last_step_value):
+                self._logged_per_step_only(trainer)  # the last training step's value, not an epoch's
+                return
+            if saved_before_decision:
+                self._warn_timing()
+            self._consumed = value
+            self._check(trainer, pl_module, value)
+            return
+        if value is not None:
             return  # logged elsewhere (e.g. by a validation that did not run this epoch): nothing new
         if trainer.enable_validation and self._val_ran_epoch != trainer.current_epoch:
             return  # it may be a validation metric of a validation that has not run yet
@@ -348,16 +457,19 @@ class DivideLROnPlateau(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.check_every_n_steps is None:
+            if trainer.is_last_batch:  # one read per epoch: tells an epoch value from the last step's
+                self._last_step_value = trainer.callback_metrics.get(self.monitor)
             return
-        fresh = _fresh_metrics(trainer, on_step=True)
-        value = fresh.get(self.monitor, fresh.get(f"{self.monitor}_step"))
-        if value is not None:
+        value = self._step_value(trainer.callback_metrics)
+        if value is not None and not same_logged_value(value, self._step_seen):  # logged at this step
+            self._step_seen = value
+            self._logged_per_step = True
             self._window_sum = self._window_sum + torch.as_tensor(value, dtype=torch.float64).detach()
             self._window_count += 1.0
-        else:
+        elif not self._logged_per_step:  # (a metric logged at some steps only adds nothing at the others)
             counts = _error_counts(pl_module, self.monitor)
             if counts is None:
-                self._missing(trainer)
+                self._missing_step_value(trainer, value)
             else:  # FeatureClassifier fast path: errors and samples seen since the last batch
                 wrong, seen = counts
                 base_wrong, base_seen = self._counts_base if self._counts_base is not None else (0, 0)
@@ -380,19 +492,82 @@ class DivideLROnPlateau(Callback):
         self._check(trainer, pl_module, mean)
 
     # ------------------------------------------------------------------ helpers
-    def _missing(self, trainer: Trainer) -> None:
-        available = sorted(trainer.callback_metrics)
-        msg = (
-            f"DivideLROnPlateau(monitor={self.monitor!r}) found no such logged metric. Available keys: "
-            f"{', '.join(repr(k) for k in available) or '(none)'}."
-        )
+    def _step_value(self, metrics: dict[str, Any]) -> Any:
+        value = metrics.get(self.monitor)
+        return metrics.get(f"{self.monitor}_step") if value is None else value
+
+    def _apply_warmup(self, trainer: Trainer) -> None:
+        """Set every group to its warm-up rate for optimizer step ``global_step`` (nothing after the warm-up)."""
+        step = trainer.global_step
+        if not self.warmup_steps or self._base_lrs is None or step > self.warmup_steps:
+            return
+        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        for group, base in zip(groups, self._base_lrs):
+            group["lr"] = self.warmup_lr(base, step)
+
+    def _fail(self, msg: str, kind: str) -> None:
+        """Raise ``msg`` (``strict``) or warn it once per ``kind`` of problem and skip."""
         if self.strict:
             raise RuntimeError(msg + " Pass `strict=False` to skip the check instead.")
-        if not self._warned_missing:
+        if kind not in self._warned_missing:
             rank_zero_warn(msg + " Skipping the check (strict=False).")
-            self._warned_missing = True
+            self._warned_missing.add(kind)
+
+    def _missing(self, trainer: Trainer) -> None:
+        available = sorted(trainer.callback_metrics)
+        self._fail(
+            f"DivideLROnPlateau(monitor={self.monitor!r}) found no such logged metric. Available keys: "
+            f"{', '.join(repr(k) for k in available) or '(none)'}.",
+            "missing",
+        )
+
+    def _missing_step_value(self, trainer: Trainer, value: Any) -> None:
+        m, n = self.monitor, self.check_every_n_steps
+        fix = (f"Log it at every step, `self.log({m!r}, value, on_step=True)` in `training_step`, or drop "
+               "`check_every_n_steps` to check once per epoch.")
+        if value is not None:  # visible, but never logged at a training step: an epoch (or validation) value
+            self._fail(
+                f"DivideLROnPlateau(monitor={m!r}, check_every_n_steps={n}) checks the mean of the values logged "
+                f"at the last {n} training steps, but {m!r} is logged per epoch only (`on_step=False`, or by the "
+                f"validation loop), so it has no value at each step. {fix}",
+                "epoch only",
+            )
+            return
+        logged = sorted(trainer.callback_metrics)
+        self._fail(
+            f"DivideLROnPlateau(monitor={m!r}, check_every_n_steps={n}) checks the mean of the values logged at "
+            f"the last {n} training steps, but {m!r} was not logged at training step {trainer.global_step}. A metric "
+            f"logged per epoch only (`self.log({m!r}, ..., on_step=False)`, or by the validation loop) has no value "
+            f"at each step. {fix} Metrics logged so far: {', '.join(repr(k) for k in logged) or 'none'}.",
+            "no step value",
+        )
+
+    def _logged_per_step_only(self, trainer: Trainer) -> None:
+        m = self.monitor
+        self._fail(
+            f"DivideLROnPlateau(monitor={m!r}) checks once per epoch on the epoch's value, but {m!r} is logged per "
+            f"step only (`on_step=True, on_epoch=False`, the default in `training_step`), so its value at the end "
+            f"of the epoch is the last step's. Log it with `self.log({m!r}, value, on_epoch=True)` to check the "
+            f"epoch mean, or pass `check_every_n_steps` to check the mean of the last N steps.",
+            "step only",
+        )
+
+    def _warn_timing(self) -> None:
+        if self._warned_timing:
+            return
+        self._warned_timing = True
+        rank_zero_warn(
+            f"DivideLROnPlateau monitors the training metric {self.monitor!r}, decided at the end of the training "
+            "epoch, but ModelCheckpoint saves at the end of validation (before that), as it does by default with "
+            "`val_check_interval < 1` or `check_val_every_n_epoch > 1`: the checkpoint just written lacks this "
+            "epoch's decision. A run resumed from such a checkpoint may drop one epoch late; pass "
+            "`ModelCheckpoint(save_on_train_epoch_end=True)` for exact resumption."
+        )
 
     def _check(self, trainer: Trainer, pl_module: LightningModule, value: Any) -> None:
+        if self.warmup_steps and trainer.global_step <= self.warmup_steps:
+            self._log_lrs(trainer)  # a value of the warm-up: plateau counting starts after it
+            return
         tensor = torch.as_tensor(value).detach().to(device=pl_module.device, dtype=torch.float64).reshape(())
         current = float(reduce_mean_consistent(trainer, tensor))
         before = self.current_lrs
@@ -427,25 +602,16 @@ class DivideLROnPlateau(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def _fresh_metrics(trainer: Trainer, on_step: bool) -> dict[str, Any]:
-    """Metrics logged (for callbacks) in the loop running now: this epoch's or this step's values."""
-    results = getattr(trainer, "_results", None)
-    if results is None:
-        return {}
-    try:
-        return dict(results.metrics(on_step)["callback"])
-    except Exception:  # pragma: no cover - private API changed: fall back on the public view
-        return dict(trainer.callback_metrics)
-
-
 def _error_counts(pl_module: LightningModule, monitor: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Running (wrong, seen) counts of a FeatureClassifier-style error metric named ``monitor``."""
+    """Running (wrong, seen) counts of a :class:`~lightning_deepfeat.metrics.ClassificationError` named ``monitor``.
+
+    Its ``tp``/``fn`` states are the documented confusion counts of torchmetrics' accuracy.
+    """
     from torchmetrics import MetricCollection
 
     for collection in pl_module.modules():
         if isinstance(collection, MetricCollection) and monitor in collection.keys(keep_base=False):
             metric = collection[monitor]
-            tp, fn = getattr(metric, "tp", None), getattr(metric, "fn", None)
-            if type(metric).__name__ == "ClassificationError" and tp is not None and fn is not None:
-                return fn.sum(), (tp + fn).sum()
+            if isinstance(metric, ClassificationError):
+                return metric.fn.sum(), (metric.tp + metric.fn).sum()
     return None

@@ -172,6 +172,12 @@ class ImageClassificationDataModule(LightningDataModule):
         self.crop_size = crop
         self.seed = seed
         self.gather_on_device = gather_on_device
+        # the constructor arguments (of the subclass too) go into checkpoints: `deepfeat test --ckpt_path X` rebuilds
+        # the data module from them; paths as strings, so that checkpoints stay loadable with weights_only=True
+        self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, os.PathLike):
+                self.hparams[key] = os.fspath(value)
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
         if stored:
@@ -498,6 +504,8 @@ class ImageClassificationDataModule(LightningDataModule):
             else:
                 images = self.gather_augmented(batch.indices)
             return self._to_model_dtype(self.normalize(images)), batch.labels
+        if isinstance(batch, torch.Tensor):  # images alone: the model's example_input_array (summary, graph logging)
+            return self._to_model_dtype(batch) if batch.is_floating_point() else self.finish_batch(batch, train=False)
         images, labels = batch
         if images.is_floating_point():  # finished by a loader used on its own: only the precision is left
             return self._to_model_dtype(images), labels

@@ -1,10 +1,10 @@
-"""Small pieces shared by the feature nets: argument checks and the spec that lets a
-net be rebuilt from a checkpoint without pickling it."""
+"""Small pieces shared by the feature nets: argument checks and the fixed non-linearities.
+
+What a checkpoint records to rebuild a model lives in :mod:`lightning_deepfeat.models._rebuild`.
+"""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,42 +54,3 @@ def make_activation(name: str) -> nn.Module:
         return _ACTIVATIONS[name]()
     except KeyError:
         raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {name!r}.") from None
-
-
-def module_spec(module: nn.Module) -> dict[str, Any] | None:
-    """The ``{"class_path", "init_args"}`` dict that rebuilds ``module``, if it records its arguments.
-
-    Our feature nets keep their constructor arguments in ``init_args``; a user's own
-    module may do the same to make ``FeatureClassifier.load_from_checkpoint`` rebuild it.
-    """
-    init_args = getattr(module, "init_args", None)
-    if not isinstance(init_args, dict):
-        return None
-    cls = type(module)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
-
-
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate a ``{"class_path", "init_args"}`` dict, for classes already imported only.
-
-    Checkpoints are data: refusing to import new modules keeps loading one from
-    running code that the user did not already choose to run.
-    """
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(f"`features` must be an nn.Module or a dict with 'class_path', got {spec!r}.")
-    class_path = spec["class_path"]
-    module_name, _, name = str(class_path).rpartition(".")
-    if module_name not in sys.modules:
-        # Our own nets are safe to import; anything else must have been imported by the user.
-        if not module_name.startswith("lightning_deepfeat."):
-            raise ValueError(
-                f"`features` names {class_path!r}, whose module is not imported. Import it before loading the"
-                " checkpoint, or pass `features=` explicitly."
-            )
-        importlib.import_module(module_name)
-    cls: Any = sys.modules[module_name]
-    for part in name.split("."):
-        cls = getattr(cls, part, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"`features` class_path {class_path!r} does not name an nn.Module subclass.")
-    return cls(**spec.get("init_args", {}))

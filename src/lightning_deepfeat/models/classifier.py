@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import types
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric, MetricCollection
@@ -16,16 +19,51 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_deepfeat.data.loader import IndexBatch
 from lightning_deepfeat.metrics import ClassificationError
-from lightning_deepfeat.models._common import build_from_spec, module_spec
+from lightning_deepfeat.models._rebuild import (
+    UnrebuildableFactory,
+    build_factory,
+    build_from_spec,
+    factory_spec,
+    module_spec,
+    outermost_init_call,
+)
 from lightning_deepfeat.models.convnet import ConvNet
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
+# the arguments recorded in a rebuildable form (a spec) instead of as given
+_SPEC_ARGUMENTS = ("features", "optimizer", "lr_scheduler")
 
 
 def krizhevsky_sgd(params: Iterable[Any]) -> Optimizer:
     """SGD with lr 0.01, momentum 0.9 and weight decay 5e-4 (Krizhevsky et al. 2012)."""
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def _check_lr(lr: Any) -> float | None:
+    if lr is None:
+        return None
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"`lr` must be a positive finite float or None (the optimizer factory's own), got {lr!r}.")
+    return float(lr)
+
+
+def _is_shape(shape: Any) -> bool:
+    return (
+        isinstance(shape, Sequence) and not isinstance(shape, (str, bytes)) and len(shape) > 0
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    )
+
+
+def _spec(name: str, value: Any) -> Any:
+    """The plain-data form in which ``hparams`` keep the argument ``name`` (one of ``_SPEC_ARGUMENTS``)."""
+    if name == "features":
+        if isinstance(value, nn.Module):
+            return module_spec(value)
+        return value if value is None or isinstance(value, dict) else None
+    if value is None or isinstance(value, (str, dict)) or not callable(value):
+        return value
+    return factory_spec(value)
 
 
 class FeatureClassifier(LightningModule):
@@ -59,15 +97,30 @@ class FeatureClassifier(LightningModule):
     reads one scalar back from the device per step). Checkpoints already written stay
     intact and loadable.
 
+    **Checkpoints.** ``hparams`` hold what the *outermost* constructor was given, as plain
+    data, because ``load_from_checkpoint`` calls the class with them: φ as its
+    ``{"class_path", "init_args"}`` spec (``None`` for a module that records no
+    ``init_args``), the optimizer and scheduler factories as import paths and arguments.
+    An argument that a subclass passes to ``super().__init__`` itself (a φ it builds, a
+    fixed ``num_classes``) is not recorded: the subclass passes it again on reload.
+
     Args:
-        features: the feature net φ. ``None`` calls :meth:`build_features`, whose
-            default is a :class:`ConvNet`.
+        features: the feature net φ (or its ``{"class_path", "init_args"}`` spec). ``None``
+            calls :meth:`build_features`, whose default is a :class:`ConvNet`.
         num_classes: number of classes (≥ 2); the CLI links it from the data module.
         input_shape: shape of one input ``(C, H, W)`` (or any shape φ accepts), used for
-            the dry run; the CLI links it from the data module.
-        optimizer: a callable ``params -> Optimizer``. Default: SGD, lr 0.01, momentum
-            0.9, weight decay 5e-4. From the CLI, ``--optimizer`` overrides it.
-        lr_scheduler: optional callable ``optimizer -> LRScheduler`` (stepped per epoch).
+            the dry run and :attr:`example_input_array`; the CLI links it from the data module.
+        optimizer: a callable ``params -> Optimizer``, e.g. ``partial(torch.optim.Adam,
+            lr=1e-3)``. Default: SGD, lr 0.01, momentum 0.9, weight decay 5e-4. From the CLI,
+            ``--optimizer`` overrides it. A class, a module-level function, or a
+            ``functools.partial`` of either with plain-data keywords is saved in the
+            checkpoint and rebuilt by ``load_from_checkpoint``; any other (a lambda, a local
+            function) must be passed again there.
+        lr_scheduler: optional callable ``optimizer -> LRScheduler`` (stepped per epoch),
+            saved like ``optimizer``.
+        lr: when set, the learning rate of every parameter group of the optimizer that
+            ``optimizer`` builds, replacing the factory's own. Lightning's LR finder
+            (``Tuner.lr_find``) reads and sets this attribute.
     """
 
     check_finite_loss: bool = True
@@ -79,6 +132,7 @@ class FeatureClassifier(LightningModule):
         input_shape: Sequence[int] = (1, 8, 8),
         optimizer: OptimizerFactory = krizhevsky_sgd,
         lr_scheduler: SchedulerFactory | None = None,
+        lr: float | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -87,12 +141,11 @@ class FeatureClassifier(LightningModule):
             isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in input_shape
         ):
             raise ValueError(f"`input_shape` must be a non-empty sequence of positive ints such as (1, 28, 28), got {input_shape!r}.")
-        if not callable(optimizer):
-            raise ValueError(f"`optimizer` must be a callable taking the parameters, got {optimizer!r}.")
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
+        self.optimizer_factory = self._factory("optimizer", optimizer)
+        self.scheduler_factory = None if lr_scheduler is None else self._factory("lr_scheduler", lr_scheduler)
+        self.lr = _check_lr(lr)
 
         if isinstance(features, dict):
             features = build_from_spec(features)
@@ -102,15 +155,105 @@ class FeatureClassifier(LightningModule):
         self.feature_dim = self._dry_run()
         self.head = self.build_head(self.feature_dim, num_classes)
 
-        self.save_hyperparameters(ignore=["features", "optimizer", "lr_scheduler"])
-        if "features" not in self.hparams or isinstance(self.hparams.get("features"), nn.Module):
-            # Python-built: record a rebuildable spec when φ keeps its arguments, never the module itself.
-            self.hparams["features"] = module_spec(self.features) if features is not None else None
+        self.save_hyperparameters()
 
         self.train_metrics = self._make_metrics("train", with_accuracy=False)
         self.val_metrics = self._make_metrics("val", with_accuracy=True)
         self.test_metrics = self._make_metrics("test", with_accuracy=True)
         self._registered_metrics: set[str] = set()  # prefixes whose metrics were passed to self.log this epoch
+
+    # ----------------------------------------------------------------- hyperparameters
+    def _factory(self, argument: str, value: Any) -> Callable[..., Any]:
+        """``value`` if callable, else the factory its saved spec describes (see ``_rebuild``)."""
+        if isinstance(value, (str, dict)):
+            factory = build_factory(value, argument, type(self).__name__)
+            if isinstance(factory, UnrebuildableFactory):  # loads for inference; training raises this
+                rank_zero_warn(factory.message + " Until then the model cannot be trained.", category=UserWarning)
+            return factory
+        if not callable(value):
+            takes = "the parameters" if argument == "optimizer" else "the optimizer"
+            raise ValueError(f"`{argument}` must be a callable taking {takes} (or its saved spec), got {value!r}.")
+        return value
+
+    def save_hyperparameters(
+        self,
+        *args: Any,
+        ignore: Sequence[str] | str | None = None,
+        frame: types.FrameType | None = None,
+        logger: bool = True,
+    ) -> None:
+        """Lightning's ``save_hyperparameters``, keeping ``hparams`` what ``load_from_checkpoint`` can pass back.
+
+        ``load_from_checkpoint`` calls the class with every saved hyperparameter, so on top
+        of Lightning's rules:
+
+        * only what the outermost ``__init__`` received (by name or through ``**kwargs``)
+          is saved. A subclass ``def __init__(self, width=64, **kw): super().__init__(
+          features=make(width), **kw)`` saves ``width`` and ``kw``, not ``features``:
+          reloading calls ``MyNet(width=64, **kw)``, which builds φ again;
+        * φ is saved as its ``{"class_path", "init_args"}`` spec (``None`` when it records
+          no ``init_args``), the optimizer and scheduler factories as import paths and
+          arguments, so that the checkpoint stays plain data (``weights_only=True``).
+
+        The constructor already records a subclass's arguments; calling this again in a
+        subclass is harmless.
+        """
+        if frame is None:
+            current = inspect.currentframe()
+            frame = current.f_back if current is not None else None
+        ignored = {ignore} if isinstance(ignore, str) else {i for i in (ignore or ()) if isinstance(i, str)}
+        listed = {a for a in args if isinstance(a, str)}
+        before = {name: self.hparams[name] for name in _SPEC_ARGUMENTS if name in self.hparams}
+        call = outermost_init_call(self, frame)
+        known = call is not None and call.arguments is not None
+        # arguments given to an inner __init__ by the subclass itself: passing them back would pass them twice
+        unforwarded = call.inner_names - call.arguments.keys() if known else set()
+        super().save_hyperparameters(
+            *args,
+            ignore=sorted(ignored | {n for n in _SPEC_ARGUMENTS if n not in listed} | (unforwarded - listed)),
+            frame=frame,
+            logger=logger,
+        )
+        local_args = inspect.getargvalues(frame).locals if call is not None and frame is not None else {}
+        for name in _SPEC_ARGUMENTS:
+            if name in ignored:
+                continue
+            if known:  # what the outermost call received, if it received it
+                present, value = name in call.arguments, call.arguments.get(name)
+            elif name in self.hparams:  # listed explicitly: Lightning collected it
+                present, value = True, self.hparams[name]
+            elif call is not None and name in local_args:  # positional *args outside: what this frame saw
+                present, value = True, local_args[name]
+            else:  # not called from a constructor: keep what was recorded
+                present, value = name in before, before.get(name)
+            if present:
+                self.hparams[name] = _spec(name, value)
+            else:
+                self.hparams.pop(name, None)
+
+    @property
+    def example_input_array(self) -> Any:
+        """``zeros(1, *input_shape)`` in the parameters' dtype, unless set otherwise.
+
+        What ``to_onnx`` exports on and the model summary's in/out sizes come from; in the
+        parameters' dtype so that it also runs under ``bf16-true`` or ``64-true``.
+        """
+        example = getattr(self, "_example_input", None)
+        if example is not None:
+            return example
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        return torch.zeros(1, *self.input_shape, dtype=param.dtype if param is not None else torch.get_default_dtype())
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self._example_input = example
+
+    def _attached_trainer(self) -> Trainer | None:
+        """The Trainer this module is attached to, or ``None`` (``self.trainer`` raises when there is none)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     # ----------------------------------------------------------------- override points
     def build_features(self) -> nn.Module:
@@ -231,27 +374,26 @@ class FeatureClassifier(LightningModule):
         """The running states of the epoch-level training metrics, summed over processes, mid-epoch only.
 
         A run resumed mid-epoch then reports the same epoch ``train_*`` values as an
-        uninterrupted one. Only sum-reduced tensor states (``MeanMetric``, the confusion
-        counts of the error) qualify; this is a collective under DDP, like checkpointing.
+        uninterrupted one. The states are read inside ``Metric.sync_context()``, which
+        under DDP reduces them over the processes as the metric itself does (a sum for
+        ``MeanMetric`` and the error's confusion counts); a collective, like checkpointing.
         """
-        trainer = self._trainer
+        trainer = self._attached_trainer()
         if trainer is None or not trainer.training:
             return None
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
         total = trainer.num_training_batches
         if not (0 < done and (not isinstance(total, int) or done < total)):
             return None  # at an epoch boundary there is nothing to carry over
-        from torchmetrics.utilities.data import dim_zero_sum
-
         states: dict[str, dict[str, torch.Tensor]] = {}
         for name, metric in self.train_metrics.items():
-            if any(fx is not dim_zero_sum or not isinstance(getattr(metric, k), torch.Tensor) for k, fx in metric._reductions.items()):
+            with metric.sync_context():
+                state = metric.metric_state
+                tensors = {k: v.detach().clone().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
+            if len(tensors) != len(state):  # a list ("cat") state: not restorable by a sum
                 return None
-            states[name] = {k: getattr(metric, k).detach().clone() for k in metric._reductions}
-        if trainer.world_size > 1:
-            states = {n: {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in s.items()} for n, s in states.items()}
-        return {"epoch": int(trainer.current_epoch), "batches": done,
-                "states": {n: {k: v.cpu() for k, v in s.items()} for n, s in states.items()}}
+            states[name] = tensors
+        return {"epoch": int(trainer.current_epoch), "batches": done, "states": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_checkpoint_shapes(checkpoint)
@@ -279,13 +421,21 @@ class FeatureClassifier(LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        """Check that the data module's ``num_classes`` (when it declares one) is the model's, before any step."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        """Check the data module's ``num_classes`` and ``image_shape`` (when it declares them) against the model's, before any step."""
+        trainer = self._attached_trainer()
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
         if isinstance(data_classes, int) and not isinstance(data_classes, bool) and data_classes > 0 and data_classes != self.num_classes:
             raise ValueError(
                 f"{type(self).__name__} has `num_classes`={self.num_classes} but {type(datamodule).__name__} has "
                 f"num_classes={data_classes}; pass num_classes={data_classes} to the model (the deepfeat CLI links it)."
+            )
+        data_shape = getattr(datamodule, "image_shape", None)
+        if _is_shape(data_shape) and tuple(data_shape) != self.input_shape:
+            shape = tuple(int(d) for d in data_shape)
+            raise ValueError(
+                f"{type(self).__name__} has `input_shape`={self.input_shape} but {type(datamodule).__name__} has "
+                f"image_shape={shape}; pass input_shape={shape} to the model (the deepfeat CLI links it)."
             )
 
     def on_train_epoch_start(self) -> None:
@@ -314,14 +464,18 @@ class FeatureClassifier(LightningModule):
         metrics = dict(self.train_metrics.items())
         for name, states in saved["states"].items():
             metric = metrics[name]
-            for key, value in states.items():
-                # the sums over processes go to rank 0; the others start from zero (their sum is the total)
-                setattr(metric, key, value.to(self.device) if self.global_rank == 0 else torch.zeros_like(value, device=self.device))
-            metric._update_count = max(metric._update_count, 1)
-            metric._computed = None
+            metric.reset()
+            # the sums over processes go to rank 0; the others start from zero (their sum is the total)
+            if self.global_rank == 0:
+                metric.merge_state({key: value.to(self.device) for key, value in states.items()})
 
     def configure_optimizers(self) -> Any:
+        """``optimizer(self.parameters())``, every group at ``lr`` when set, and ``lr_scheduler`` on it if given."""
         optimizer = self.optimizer_factory(self.parameters())
+        lr = _check_lr(self.lr)
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
