@@ -223,12 +223,13 @@ def test_missing_checkpoint_file_names_it(tmp_path):
 
 # --------------------------------------------------------------------------- CLI and YAML
 def test_cli_unknown_key():
-    assert "Option 'num_clases' is not accepted" in _cli_error(["fit", "--config", DIGITS, "--model.init_args.num_clases=3"])
+    err = _cli_error(["fit", "--config", DIGITS, "--model.init_args.num_clases=3"])
+    assert "unknown argument 'num_clases' of FeatureClassifier. Did you mean num_classes?" in err
 
 
 def test_cli_wrong_type():
     err = _cli_error(["fit", "--config", DIGITS, "--data.init_args.batch_size=abc"])
-    assert 'Parser key "batch_size"' in err and "Expected a <class 'int'>. Got value: abc" in err
+    assert "`--data.batch_size` must be an int, got 'abc'" in err
 
 
 def test_cli_out_of_range_value_names_the_argument():
@@ -237,7 +238,8 @@ def test_cli_out_of_range_value_names_the_argument():
 
 
 def test_cli_missing_config_file(tmp_path):
-    assert "File does not exist" in _cli_error(["fit", "--config", str(tmp_path / "nope.yaml")])
+    with pytest.raises(FileNotFoundError, match="nope.yaml.*neither a file nor a packaged recipe.*digits"):
+        main(["fit", "--config", str(tmp_path / "nope.yaml")])
 
 
 def test_cli_unknown_class():

@@ -303,6 +303,6 @@ def test_cli_probe_rejects_bad_input(tmp_path):
         main(["probe", "layerwise", "--config", str(config), "--steps", "0", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="probe name 'sideways'; allowed: layerwise"):
         main(["probe", "sideways", "--config", str(config)])
-    with pytest.raises(ValueError, match="ckpt_path.*missing.ckpt"):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt.*does not exist"):
         main(["probe", "layerwise", "--config", str(config), "--ckpt_path", str(tmp_path / "missing.ckpt")])
     assert not os.path.exists(tmp_path / "layerwise_losses.csv")

@@ -194,7 +194,7 @@ def test_cli_visualize_end_to_end_with_the_config_saved_by_fit(tmp_path, capsys)
     assert_png(out / "saliency.png", (720, 270))  # 6 images × 1.2 in, two rows
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert torch.equal(cli.model.head.weight, state["head.weight"])  # the checkpoint's weights were used
-    with pytest.raises(ValueError, match="ckpt_path.*nope.ckpt"):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt.*does not exist"):
         main(["visualize", "--config", str(config), "--ckpt_path", str(tmp_path / "nope.ckpt")])
     with pytest.raises(ValueError, match="num_images"):
         main(["visualize", "--ckpt_path", str(ckpt), "--num_images", "0", "--out", str(out)])

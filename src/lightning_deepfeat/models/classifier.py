@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+import lightning_deepfeat
 from lightning_deepfeat.data.loader import IndexBatch
 from lightning_deepfeat.metrics import ClassificationError
 from lightning_deepfeat.models._rebuild import (
@@ -314,10 +315,10 @@ class FeatureClassifier(LightningModule):
     def _step(self, batch: Any, metrics: MetricCollection, on_step: bool) -> torch.Tensor:
         if isinstance(batch, IndexBatch):
             raise TypeError(
-                "the batch is an IndexBatch (sample indices, not images): the data module's "
-                "on_after_batch_transfer gathers the images. Pass the data module itself "
-                "(`trainer.fit(model, datamodule=dm)`), not `dm.train_dataloader()`, or build it "
-                "with `gather_on_device=False`."
+                "the batch is an IndexBatch (sample indices, not images): only the data module's own "
+                "on_after_batch_transfer gathers the images, so this loader must be used with the data module "
+                "attached: `trainer.fit(model, datamodule=dm)`. A loader the data module hands out while it is "
+                "not attached to a running Trainer (`dm.train_dataloader()` by hand) yields images."
             )
         x, y = batch
         logits = self(x)
@@ -360,7 +361,12 @@ class FeatureClassifier(LightningModule):
 
     # ----------------------------------------------------------------- resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the random state that dropout draws from, so a resumed run repeats the same masks."""
+        """Save the random state that dropout draws from, so a resumed run repeats the same masks.
+
+        Also records the package version (``lightning_deepfeat_version``), so that a newer
+        checkpoint read by an older install is refused with a message saying so.
+        """
+        checkpoint["lightning_deepfeat_version"] = lightning_deepfeat.__version__
         state: dict[str, Any] = {"cpu": torch.get_rng_state()}
         device = self.device
         if device.type == "cuda":

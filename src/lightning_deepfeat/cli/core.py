@@ -1,4 +1,4 @@
-"""The ``deepfeat`` command: a LightningCLI where data shapes flow into the model."""
+"""``DeepFeatCLI``: the LightningCLI behind ``deepfeat``, where data shapes flow into the model."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import importlib
 import inspect
 import sys
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import lightning.pytorch
 from jsonargparse import ActionConfigFile
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import lightning_deepfeat
+from lightning_deepfeat.callbacks.prediction_writer import PredictionWriter
+from lightning_deepfeat.cli.checkpoints import check_weights_fit, read_checkpoint
+from lightning_deepfeat.cli.errors import condense_parse_error, debug_requested
 from lightning_deepfeat.models.classifier import FeatureClassifier
 
 #: what a data module tells the model, and the model argument that receives it
@@ -112,7 +115,19 @@ class DeepFeatArgumentParser(LightningArgumentParser):
                     link_data_to_model(config)
                 except Exception:  # an invalid config is reported by the parse itself, not here
                     pass
+                if _get(config, "optimizer") is not None and _get(_get(_get(config, "model"), "init_args"), "optimizer"):
+                    # `--optimizer` replaces the module's own optimizer: showing both reads like two optimizers
+                    del config["model.init_args.optimizer"]
         return super().dump(cfg, *args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Parse errors as one short message (exit code 2); ``--debug`` or ``DEEPFEAT_DEBUG=1`` shows jsonargparse's own."""
+        if not self.exit_on_error or debug_requested():
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {condense_parse_error(message)}\n")
+        sys.stderr.write(f"  (`{prog} --help` lists the options; --debug shows the parser's full message)\n")
+        raise SystemExit(2)
 
 
 class DeepFeatCLI(LightningCLI):
@@ -132,7 +147,10 @@ class DeepFeatCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"version": f"deepfeat {lightning_deepfeat.__version__}"})
+        parser_kwargs = dict(kwargs.get("parser_kwargs") or {})
+        parser_kwargs.setdefault("version", f"deepfeat {lightning_deepfeat.__version__}")
+        parser_kwargs.setdefault("prog", "deepfeat")  # not "__main__.py" under `python -m lightning_deepfeat`
+        kwargs["parser_kwargs"] = parser_kwargs
         with warnings.catch_warnings():
             # `--optimizer` replacing the module's own optimizer is the documented behaviour, not a surprise
             warnings.filterwarnings("ignore", message=".*will be overridden by.*")
@@ -151,8 +169,31 @@ class DeepFeatCLI(LightningCLI):
             parser.set_defaults({"model": {"class_path": f"{FeatureClassifier.__module__}.{FeatureClassifier.__qualname__}"}})
 
     def before_instantiate_classes(self) -> None:
-        """Give the model the data module's ``num_classes`` and ``image_shape`` (see :func:`link_data_to_model`)."""
-        link_data_to_model(self.config[self.subcommand] if self.subcommand else self.config)
+        """Give the model the data module's ``num_classes`` and ``image_shape`` (see :func:`link_data_to_model`).
+
+        A ``fast_dev_run`` without a ``default_root_dir`` writes under
+        ``lightning_logs/fast_dev_run`` (it has no logger, and Lightning would otherwise put
+        its checkpoints in ``./checkpoints``).
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        link_data_to_model(config)
+        trainer = _get(config, "trainer")
+        if trainer is not None and _get(trainer, "fast_dev_run") and not _get(trainer, "default_root_dir"):
+            config["trainer.default_root_dir"] = str(Path("lightning_logs") / "fast_dev_run")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The Trainer; ``predict`` gets a :class:`~lightning_deepfeat.callbacks.PredictionWriter` unless one is configured."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
+            trainer.callbacks.append(PredictionWriter())
+        return trainer
+
+    def after_instantiate_classes(self) -> None:
+        """Refuse a ``--ckpt_path`` that cannot be read or holds another model's weights, before any work."""
+        config = self.config.get(self.subcommand, {}) if self.subcommand else {}
+        ckpt_path = config.get("ckpt_path") if hasattr(config, "get") else None
+        if ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
+            check_weights_fit(read_checkpoint(ckpt_path), self.model, ckpt_path)
 
     def after_fit(self) -> None:
         if not self.config.get(self.subcommand, {}).get("test_after_fit", True):
@@ -179,29 +220,4 @@ class DeepFeatCLI(LightningCLI):
             )
 
 
-def main(args: Sequence[str] | None = None, **kwargs: Any) -> DeepFeatCLI:
-    """Entry point of ``deepfeat`` and ``python -m lightning_deepfeat``; ``args`` as on the command line."""
-    # Imported so that short class names (ConvNet, DivideLROnPlateau, TrainOnly, ...) resolve in YAML.
-    import lightning_deepfeat.callbacks  # noqa: F401
-    import lightning_deepfeat.data  # noqa: F401
-    import lightning_deepfeat.models  # noqa: F401
-    import lightning_deepfeat.probes  # noqa: F401
-    import lightning_deepfeat.viz  # noqa: F401
-
-    if args is None and len(sys.argv) > 1 and sys.argv[1] in ("--version", "-V"):
-        print(f"deepfeat {lightning_deepfeat.__version__}")
-        raise SystemExit(0)
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in ("probe", "visualize"):  # extra subcommands, see lightning_deepfeat.probes.cli
-        from lightning_deepfeat.probes.cli import probe_main
-
-        return probe_main(argv, **kwargs)
-    return DeepFeatCLI(args=args, **kwargs)
-
-
-def run() -> None:
-    """Console-script entry point (``deepfeat``): like :func:`main`, returning nothing."""
-    main()
-
-
-__all__ = ["DeepFeatArgumentParser", "DeepFeatCLI", "main", "run"]
+__all__ = ["DATA_TO_MODEL", "DeepFeatArgumentParser", "DeepFeatCLI", "data_description", "link_data_to_model", "model_accepts"]
