@@ -66,3 +66,12 @@ def reduce_mean_consistent(trainer: Any, value: torch.Tensor) -> torch.Tensor:
         value = strategy.reduce(value, reduce_op="mean")
         value = strategy.broadcast(value, src=0)
     return value
+
+
+def callback_state_key(callback: Any, **identity: Any) -> str:
+    """The key under which a callback's state is saved: its class name and the arguments that identify it.
+
+    The same form as Lightning's own callbacks use (``ClassName{'monitor': 'val_loss', ...}``),
+    so two instances with other arguments keep separate states in one checkpoint.
+    """
+    return f"{type(callback).__qualname__}{repr(identity)}"

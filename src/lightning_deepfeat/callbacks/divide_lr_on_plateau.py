@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 
 from lightning_deepfeat.callbacks._utils import (
+    callback_state_key,
     check_choice,
     check_int,
     check_number,
@@ -226,7 +227,7 @@ class DivideLROnPlateau(Callback):
     # ------------------------------------------------------------------ state
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, mode=self.mode, check_every_n_steps=self.check_every_n_steps)
+        return callback_state_key(self, monitor=self.monitor, mode=self.mode, check_every_n_steps=self.check_every_n_steps)
 
     def state_dict(self) -> dict[str, Any]:
         return {

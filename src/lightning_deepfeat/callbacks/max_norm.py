@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim import Optimizer
 
-from lightning_deepfeat.callbacks._utils import check_int, check_number
+from lightning_deepfeat.callbacks._utils import callback_state_key, check_int, check_number
 
 _DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -163,7 +163,7 @@ class MaxNormConstraint(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(max_norm=self.max_norm, include=self.include, exclude=self.exclude)
+        return callback_state_key(self, max_norm=self.max_norm, include=self.include, exclude=self.exclude)
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_applications": self.num_applications, "calls": self._calls}

@@ -83,7 +83,7 @@ def condense_parse_error(message: str) -> str:
     option = f"`--{where}`" if where else "a value"
 
     unknown = re.search(r"Option '([^']+)' is not accepted", message) or re.search(
-        r'Key "([^"]+)" is not expected', message
+        r"""Key ["']([^"']+)["'] is not expected""", message
     )
     if unknown:
         bad = unknown.group(1)

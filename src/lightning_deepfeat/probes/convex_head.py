@@ -82,7 +82,7 @@ def solve_logistic_head(
     iterations = 0
     for _ in range(10):  # L-BFGS may stop early on a flat line search; restart a few times
         opt.step(closure)
-        iterations = opt.state[opt._params[0]].get("n_iter", iterations)
+        iterations = opt.state[opt.param_groups[0]["params"][0]].get("n_iter", iterations)
         closure()  # fresh gradients at the current point
         grad_norm = torch.cat([A.grad.flatten(), b.grad.flatten()]).norm().item()
         if grad_norm <= tol:

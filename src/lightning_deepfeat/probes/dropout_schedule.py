@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
+#: the dropout layers a schedule can drive (torch's public classes)
+DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
 _SCHEDULES = ("constant", "linear", "step")
 
 
@@ -94,7 +97,7 @@ class DropoutSchedule(Callback):
 
         found = []
         for name, sub in module.named_modules():
-            if isinstance(sub, nn.modules.dropout._DropoutNd):
+            if isinstance(sub, DROPOUT_TYPES):
                 if self.modules is None or any(fnmatch.fnmatchcase(name, pat) for pat in self.modules):
                     found.append(sub)
         return found

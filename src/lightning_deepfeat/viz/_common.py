@@ -28,6 +28,9 @@ def output_dir(trainer: Any, dirpath: str | None) -> str:
 def save_figure(fig: Any, path: str, trainer: Any = None, tag: str | None = None, dpi: int = 100) -> str:
     """Save ``fig`` as a PNG of exactly figsize × dpi pixels; send it to the logger when it takes figures."""
     plt = agg_pyplot()
+    # matplotlib < 3.11.1 truncates figsize × dpi (6 × 1.2 in at 100 dpi → 719 px): aim at the pixel's centre
+    width, height = fig.get_size_inches()
+    fig.set_size_inches((round(width * dpi) + 0.5) / dpi, (round(height * dpi) + 0.5) / dpi)
     fig.savefig(path, dpi=dpi, format="png")
     experiment = _experiment(trainer)
     if experiment is not None and hasattr(experiment, "add_figure"):
