@@ -25,7 +25,9 @@ def make_labels(n: int, num_classes: int, seed: int) -> torch.Tensor:
     return labels[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
 
 
-def write_idx_dataset(folder: Path, n_train: int = 50, n_test: int = 20, gz: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def write_idx_dataset(
+    folder: Path, n_train: int = 50, n_test: int = 20, gz: bool = True
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Write the four MNIST-style IDX files into ``folder``; return what was written, per split."""
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -50,7 +52,10 @@ def write_cifar10(root: Path, per_batch: int = 6, n_test: int = 8) -> dict[str, 
     train_x, train_y = [], []
     for i in range(1, 6):
         x, y = make_images(per_batch, (3, 32, 32), i), make_labels(per_batch, 10, i)
-        _dump(folder / f"data_batch_{i}", {b"batch_label": b"training batch", b"labels": y.tolist(), b"data": x.reshape(per_batch, -1).numpy()})
+        _dump(
+            folder / f"data_batch_{i}",
+            {b"batch_label": b"training batch", b"labels": y.tolist(), b"data": x.reshape(per_batch, -1).numpy()},
+        )
         train_x.append(x)
         train_y.append(y)
     x, y = make_images(n_test, (3, 32, 32), 99), make_labels(n_test, 10, 99)
@@ -66,14 +71,20 @@ def write_cifar100(root: Path, n_train: int = 30, n_test: int = 10) -> dict[str,
     out = {}
     for seed, (split, n) in enumerate((("train", n_train), ("test", n_test))):
         x, y = make_images(n, (3, 32, 32), seed), make_labels(n, 100, seed)
-        _dump(folder / split, {b"fine_labels": y.tolist(), b"coarse_labels": (y // 5).tolist(), b"data": x.reshape(n, -1).numpy()})
+        _dump(
+            folder / split,
+            {b"fine_labels": y.tolist(), b"coarse_labels": (y // 5).tolist(), b"data": x.reshape(n, -1).numpy()},
+        )
         out[split] = (x, y)
     _dump(folder / "meta", {b"fine_label_names": [f"fine{i}".encode() for i in range(100)], b"coarse_label_names": []})
     return out
 
 
 def write_image_folder(
-    root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 4, splits: tuple[str, ...] = ("train", "val")
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog", "fox"),
+    per_class: int = 4,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> Path:
     """JPEG files ``root/<split>/<class>/<i>.jpg`` of assorted sizes (shorter side >= 40)."""
     from torchvision.io import encode_jpeg, encode_png
@@ -98,4 +109,14 @@ def write_raw_pickle(path: Path, obj: object) -> None:
     _dump(path, obj)
 
 
-__all__ = ["IDX_STEMS", "make_images", "make_labels", "np", "write_cifar10", "write_cifar100", "write_idx_dataset", "write_image_folder", "write_raw_pickle"]
+__all__ = [
+    "IDX_STEMS",
+    "make_images",
+    "make_labels",
+    "np",
+    "write_cifar10",
+    "write_cifar100",
+    "write_idx_dataset",
+    "write_image_folder",
+    "write_raw_pickle",
+]

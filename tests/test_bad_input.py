@@ -106,8 +106,8 @@ def test_plateau_refuses_a_second_owner_of_the_learning_rate_at_fit_start():
     [
         pytest.param({"batch_size": 0}, r"`batch_size` must be a positive int, got 0", id="batch_size=0"),
         pytest.param({"batch_size": 2.5}, r"`batch_size` must be a positive int, got 2.5", id="batch_size-float"),
-        pytest.param({"val_fraction": 1.0}, r"`val_fraction` must be in \[0, 1\), got 1.0", id="val_fraction=1"),
-        pytest.param({"test_fraction": 0}, r"`test_fraction` must be in \(0, 1\), got 0", id="test_fraction=0"),
+        pytest.param({"val_fraction": 1.0}, r"`val_fraction` must be a finite number in \[0, 1\), got 1.0", id="val_fraction=1"),
+        pytest.param({"test_fraction": 0}, r"`test_fraction` must be a finite number in \(0, 1\), got 0", id="test_fraction=0"),
         pytest.param({"padding_mode": "wrap"}, r"`padding_mode` must be one of .*got 'wrap'", id="padding_mode"),
         pytest.param({"crop_size": 9}, r"`crop_size` must fit in the stored images \(8, 8\), got 9", id="crop_size-too-big"),
         pytest.param({"std": [0.0]}, r"`std` must be positive.*\[0.0\]", id="std-zero"),

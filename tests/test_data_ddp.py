@@ -9,10 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lightning_deepfeat.data import ImageClassificationDataModule, InMemoryBatchLoader
+from lightning_deepfeat.data import InMemoryBatchLoader, InMemoryDataModule
 
 
-class _NumberedData(ImageClassificationDataModule):
+class _NumberedData(InMemoryDataModule):
     """Sample ``i`` has label ``i``, so a batch's labels say which samples it holds."""
 
     num_classes = 1000
@@ -90,7 +90,10 @@ def test_loader_shares_without_processes():
     """The same arithmetic, checked directly for several world sizes (fast)."""
     images, labels = torch.zeros(23, 1, 1, 1, dtype=torch.uint8), torch.arange(23)
     for world in (1, 2, 3, 4):
-        train = [InMemoryBatchLoader(images, labels, 4, shuffle=True, num_replicas=world, rank=r, pad_to_equal=True) for r in range(world)]
+        train = [
+            InMemoryBatchLoader(images, labels, 4, shuffle=True, num_replicas=world, rank=r, pad_to_equal=True)
+            for r in range(world)
+        ]
         shares = [torch.cat([b[1] for b in loader]).tolist() for loader in train]
         assert len({len(s) for s in shares}) == 1 and set(sum(shares, [])) == set(range(23))
         assert len(sum(shares, [])) - 23 == (-23) % world

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
+from argparse import ArgumentError
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +24,7 @@ from _data_files import (
     write_raw_pickle,
 )
 from lightning_deepfeat.data import (
+    BatchTransform,
     CIFAR10DataModule,
     CIFAR100DataModule,
     DigitsDataModule,
@@ -30,6 +33,7 @@ from lightning_deepfeat.data import (
     IndexBatch,
     InMemoryBatchLoader,
     MNISTDataModule,
+    Windows,
     read_idx,
 )
 from lightning_deepfeat.data.readers import write_idx
@@ -38,8 +42,13 @@ from lightning_deepfeat.data.readers import write_idx
 def _attach(dm, training: bool, rank: int = 0, world: int = 1):
     """A stand-in for a running trainer given ``datamodule=dm``: what the data module reads from it."""
     dm.trainer = SimpleNamespace(
-        training=training, global_rank=rank, world_size=world, datamodule=dm, overfit_batches=0,
-        state=SimpleNamespace(status=TrainerStatus.RUNNING), precision_plugin=Precision(),
+        training=training,
+        global_rank=rank,
+        world_size=world,
+        datamodule=dm,
+        overfit_batches=0,
+        state=SimpleNamespace(status=TrainerStatus.RUNNING),
+        precision_plugin=Precision(),
     )
     return dm
 
@@ -104,7 +113,7 @@ def test_augmentation_reproducible_under_seed_and_distinct_per_rank():
         return [dm.augment(raw) for _ in range(n)]
 
     a, b, c, r1 = batches(0), batches(0), batches(1), batches(0, rank=1)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], c[0])
     assert not torch.equal(a[0], r1[0])
     assert not torch.equal(a[0], a[1])  # each batch draws afresh
@@ -135,7 +144,7 @@ def test_loader_resumes_mid_epoch():
     again = InMemoryBatchLoader(images, labels, batch_size=8, shuffle=True)
     again.load_state_dict(state)
     resumed = [b[1] for b in again]
-    assert len(resumed) == len(rest) == 4 and all(torch.equal(x, y) for x, y in zip(resumed, rest))
+    assert len(resumed) == len(rest) == 4 and all(torch.equal(x, y) for x, y in zip(resumed, rest, strict=True))
     assert sorted(torch.cat(first + rest).tolist()) == list(range(50))
 
 
@@ -151,7 +160,11 @@ def test_crop_size_random_in_training_centre_in_evaluation():
 
 
 def test_describe_matches_the_instance():
-    for cls, args in ((DigitsDataModule, {}), (FashionMNISTDataModule, {"crop_size": (24, 20)}), (CIFAR100DataModule, {})):
+    for cls, args in (
+        (DigitsDataModule, {}),
+        (FashionMNISTDataModule, {"crop_size": (24, 20)}),
+        (CIFAR100DataModule, {}),
+    ):
         info = cls.describe(**args)
         dm = cls(**args)
         assert info == {"num_classes": dm.num_classes, "image_shape": tuple(dm.image_shape)}
@@ -186,7 +199,9 @@ def test_idx_modules_read_generated_files(tmp_path, cls, gz):
     dm = cls(root=tmp_path, batch_size=16, val_fraction=0.2, translate=2, hflip=True)
     dm.setup("fit")
     dm.setup("test")
-    assert torch.equal(dm.splits["test"][0], written["test"][0]) and torch.equal(dm.splits["test"][1], written["test"][1])
+    assert torch.equal(dm.splits["test"][0], written["test"][0]) and torch.equal(
+        dm.splits["test"][1], written["test"][1]
+    )
     train_and_val = torch.cat([dm.splits["train"][0], dm.splits["val"][0]])
     assert train_and_val.shape == (50, 1, 28, 28)
     assert sorted(train_and_val.flatten(1).sum(1).tolist()) == sorted(written["train"][0].flatten(1).sum(1).tolist())
@@ -256,7 +271,10 @@ def test_idx_labels_out_of_range_are_named(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+    reason="dataset-fashion-mnist not installed",
+)
 def test_installed_fashion_mnist_is_found_without_root(monkeypatch):
     monkeypatch.delenv("DEEPFEAT_DATA", raising=False)
     dm = FashionMNISTDataModule(val_fraction=0.0)
@@ -269,10 +287,14 @@ def test_installed_fashion_mnist_is_found_without_root(monkeypatch):
 # ----------------------------------------------------------------- CIFAR
 def test_cifar10_reads_generated_pickles(tmp_path):
     written = write_cifar10(tmp_path, per_batch=6, n_test=8)
-    dm = CIFAR10DataModule(root=tmp_path, batch_size=8, val_fraction=0.0, translate=4, hflip=True, padding_mode="reflect")
+    dm = CIFAR10DataModule(
+        root=tmp_path, batch_size=8, val_fraction=0.0, translate=4, hflip=True, padding_mode="reflect"
+    )
     dm.setup("fit")
     dm.setup("test")
-    assert torch.equal(dm.splits["test"][0], written["test"][0]) and torch.equal(dm.splits["test"][1], written["test"][1])
+    assert torch.equal(dm.splits["test"][0], written["test"][0]) and torch.equal(
+        dm.splits["test"][1], written["test"][1]
+    )
     perm = torch.randperm(30, generator=torch.Generator().manual_seed(0))
     assert torch.equal(dm.splits["train"][0], written["train"][0][perm])
     assert dm.class_names == [f"class{i}" for i in range(10)] and dm.image_shape == (3, 32, 32)
@@ -322,7 +344,10 @@ def test_image_folder_reads_jpeg_and_png_and_crops_on_device(tmp_path):
     write_image_folder(tmp_path, per_class=4)
     dm = ImageFolderDataModule(tmp_path, resize=40, crop_size=32, batch_size=5, mean=[0, 0, 0], std=[1, 1, 1])
     assert dm.num_classes == 3 and dm.image_shape == (3, 32, 32)
-    assert ImageFolderDataModule.describe(root=tmp_path, resize=40, crop_size=32) == {"num_classes": 3, "image_shape": (3, 32, 32)}
+    assert ImageFolderDataModule.describe(root=tmp_path, resize=40, crop_size=32) == {
+        "num_classes": 3,
+        "image_shape": (3, 32, 32),
+    }
     dm.setup("fit")
     assert dm.class_names == ["cat", "dog", "fox"] and len(dm.samples["train"]) == 12 and len(dm.samples["val"]) == 12
     raw, labels = next(iter(dm.loader("train", train=True, device_side=True)))
@@ -379,13 +404,17 @@ def test_image_folder_missing_root_and_bad_args(tmp_path):
 @pytest.mark.slow
 def test_image_folder_worker_processes(tmp_path):
     write_image_folder(tmp_path, per_class=4)
-    dm = ImageFolderDataModule(tmp_path, resize=40, crop_size=32, batch_size=4, num_workers=2, mean=[0, 0, 0], std=[1, 1, 1])
+    dm = ImageFolderDataModule(
+        tmp_path, resize=40, crop_size=32, batch_size=4, num_workers=2, mean=[0, 0, 0], std=[1, 1, 1]
+    )
     dm.setup("fit")
     batches = list(dm.loader("val", train=False, device_side=True))
     assert sum(b[0].shape[0] for b in batches) == 12 and all(b[0].dtype == torch.uint8 for b in batches)
     finished = list(dm.val_dataloader())  # used on its own: the workers' batches come out centre-cropped, as floats
     assert all(b[0].dtype == torch.float32 and b[0].shape[1:] == (3, 32, 32) for b in finished)
-    assert torch.equal(torch.cat([b[0] for b in finished]), torch.cat([b[0][:, :, 4:36, 4:36].float() for b in batches]))
+    assert torch.equal(
+        torch.cat([b[0] for b in finished]), torch.cat([b[0][:, :, 4:36, 4:36].float() for b in batches])
+    )
 
 
 # ----------------------------------------------------------------- with a real Trainer
@@ -411,9 +440,16 @@ def test_trainer_fit_augments_training_batches_only(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.0)
 
     dm = DigitsDataModule(batch_size=100, val_fraction=0.1, translate=2, mean=[0.0], std=[1.0], shuffle_seed=0)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(Model(), datamodule=dm)
     val_raw = torch.cat([b[0] for b in InMemoryBatchLoader(*dm.splits["val"], batch_size=100)]).float()
     assert torch.equal(torch.cat(seen["val"]), val_raw)
@@ -421,7 +457,7 @@ def test_trainer_fit_augments_training_batches_only(tmp_path):
     loader.set_epoch(0)
     train_raw = [dm.splits["train"][0][b.indices].float() for b in loader][:3]
     assert len(seen["train"]) == 3
-    assert all(not torch.equal(a, b) for a, b in zip(seen["train"], train_raw))
+    assert all(not torch.equal(a, b) for a, b in zip(seen["train"], train_raw, strict=True))
     assert dm.state_dict()["augmented_batches"] == 3
 
 
@@ -476,28 +512,31 @@ def test_fused_translate_moves_pixels_by_the_drawn_offsets():
         src = raw[n][:, max(0, -y) : 8 - max(0, y), max(0, -x) : 8 - max(0, x)]
         expected[:, max(0, y) : max(0, y) + src.shape[1], max(0, x) : max(0, x) + src.shape[2]] = src
         assert torch.equal(out[n], expected), (n, x, y)
-    assert {(int(a), int(b)) for a, b in zip(dx, dy)} != {(0, 0)}
+    assert {(int(a), int(b)) for a, b in zip(dx, dy, strict=True)} != {(0, 0)}
 
 
 def test_device_copy_is_padded_once_and_reused():
     dm = DigitsDataModule(batch_size=32, translate=2)
     dm.setup("fit")
+    cpu = torch.device("cpu")
     dm.gather_augmented(torch.arange(32))
-    source = dm._train_sources[torch.device("cpu")][0]
+    source = dm.train_source(cpu, (2, 2), "zeros")
     assert source.shape == (dm.splits["train"][0].shape[0], 1, 12, 12)
     assert torch.equal(source[:, :, 2:10, 2:10], dm.splits["train"][0]) and int(source[:, :, :2].sum()) == 0
     dm.gather_augmented(torch.arange(32, 64))
-    assert dm._train_sources[torch.device("cpu")][0] is source  # padded once, reused
+    assert dm.train_source(cpu, (2, 2), "zeros") is source  # padded once, reused
     dm.teardown("fit")  # frees accelerator copies only; the CPU copy serves the next fit
     dm.gather_augmented(torch.arange(32))
-    assert dm._train_sources[torch.device("cpu")][0] is source
+    assert dm.train_source(cpu, (2, 2), "zeros") is source
     dm.splits["train"] = (dm.splits["train"][0][:100].clone(), dm.splits["train"][1][:100].clone())
     dm.gather_augmented(torch.arange(32))  # a new split is padded afresh
-    assert dm._train_sources[torch.device("cpu")][0].shape[0] == 100
+    assert dm.train_source(cpu, (2, 2), "zeros").shape[0] == 100
 
 
 def test_an_overridden_augment_gets_the_gathered_batch():
     class Inverted(DigitsDataModule):
+        fuse_train_transforms = False  # the documented opt-out: every gathered batch goes through augment
+
         def augment(self, images):
             return 16 - images
 
@@ -508,6 +547,65 @@ def test_an_overridden_augment_gets_the_gathered_batch():
     assert torch.equal(out, (16 - dm.splits["train"][0][batch.indices]).float())
 
 
+class RandomVerticalShift(BatchTransform):
+    """A user's transform: move each image up or down by up to ``s`` rows, edge rows repeated.
+
+    It only says where its output lies in the padded input (``windows``), so the data module
+    can fuse it with the gather; ``apply_params`` is the base's (cut the windows out of the
+    batch), wrapped to count its calls.
+    """
+
+    def __init__(self, s: int):
+        super().__init__()
+        self.s = s
+        self.calls = {"draw_params": 0, "windows": 0, "apply_params": 0}
+
+    def draw_params(self, shape, generator=None, device=None):
+        self.calls["draw_params"] += 1
+        device = generator.device if generator is not None else device
+        return {"dy": torch.randint(-self.s, self.s + 1, (shape[0],), generator=generator, device=device)}
+
+    def windows(self, params, shape):
+        self.calls["windows"] += 1
+        top, left = self.s - params["dy"], torch.zeros_like(params["dy"])
+        return Windows(top, left, (shape[-2], shape[-1]), padding=(self.s, 0), padding_mode="replicate")
+
+    def apply_params(self, images, params):
+        self.calls["apply_params"] += 1
+        return super().apply_params(images, params)
+
+
+class _VerticallyShifted(DigitsDataModule):
+    """The user's data module: their transform first, then the configured ones (a flip)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.train_transforms.insert(0, RandomVerticalShift(2))
+
+
+def test_a_users_window_transform_joins_the_fused_gather():
+    fused = _attach(_VerticallyShifted(batch_size=50, seed=3, hflip=True), training=True)
+    plain = _attach(_VerticallyShifted(batch_size=50, seed=3, hflip=True, gather_on_device=False), training=True)
+    fused.setup("fit")
+    plain.setup("fit")
+    batches = 0
+    for a, b in zip(fused.train_dataloader(), plain.train_dataloader(), strict=True):
+        xa, _ = fused.on_after_batch_transfer(a, 0)
+        xb, _ = plain.on_after_batch_transfer(b, 0)
+        assert torch.equal(xa, xb)  # fused == gather, then apply the transforms, bit for bit
+        batches += 1
+    fused_calls, plain_calls = fused.train_transforms[0].calls, plain.train_transforms[0].calls
+    # the fused path cut the windows out of the padded split and never applied the transform to a batch
+    assert fused_calls == {"draw_params": batches, "windows": batches, "apply_params": 0}
+    assert plain_calls["apply_params"] == batches and plain_calls["draw_params"] == batches
+    raw = fused.splits["train"][0]
+    padded = fused.train_source(torch.device("cpu"), (2, 0), "replicate")
+    assert torch.equal(padded[:, :, :2], raw[:, :, :1].expand(-1, -1, 2, -1))  # the split, padded once for it
+    # the rows did move: row sums ignore the flip, so they differ from the unshifted images' where dy != 0
+    rows_out, rows_raw = xa.sum((1, 3)), fused.normalize(raw[a.indices]).sum((1, 3))
+    assert (rows_out != rows_raw).any(1).float().mean() > 0.6  # P(dy != 0) = 4/5
+
+
 def test_index_batch_given_straight_to_the_model_is_a_clear_error(tmp_path):
     import lightning as L
 
@@ -515,9 +613,17 @@ def test_index_batch_given_straight_to_the_model_is_a_clear_error(tmp_path):
 
     dm = DigitsDataModule(batch_size=32, translate=1)
     dm.setup("fit")
-    model = FeatureClassifier(features=ConvNet(in_channels=1, channels=[4], hidden=[8]), num_classes=10, input_shape=(1, 8, 8))
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    model = FeatureClassifier(
+        features=ConvNet(in_channels=1, channels=[4], hidden=[8]), num_classes=10, input_shape=(1, 8, 8)
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(TypeError, match="IndexBatch.*datamodule=dm"):
         trainer.fit(model, train_dataloaders=dm.loader("train", train=True, device_side=True))
 
@@ -525,3 +631,87 @@ def test_index_batch_given_straight_to_the_model_is_a_clear_error(tmp_path):
 def test_gather_on_device_must_be_bool():
     with pytest.raises(ValueError, match="`gather_on_device` must be True or False, got 'yes'"):
         DigitsDataModule(gather_on_device="yes")
+
+
+# ----------------------------------------------------------------- adding a data set: the documented examples
+DOCS = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
+
+
+def _examples() -> dict[str, str]:
+    """The python blocks of CONTRIBUTING.md that start with ``# Example: <title>``, by title (the data sets)."""
+    blocks = re.findall(r"```python\n(# Example: ([^\n]+)\n.*?)```", DOCS.read_text(), flags=re.S)
+    return {title: code for code, title in blocks if title.endswith("data set")}
+
+
+@pytest.mark.slow
+def test_the_documented_new_data_sets_run_and_train(tmp_path):
+    import lightning as L
+
+    from lightning_deepfeat.models import ConvNet, FeatureClassifier
+
+    examples = _examples()
+    assert sorted(examples) == ["a new file-per-sample data set", "a new in-memory data set"]
+    expected = {"a new in-memory data set": ((64, 3, 16, 16), 4), "a new file-per-sample data set": ((4, 3, 28, 28), 3)}
+    for title, code in examples.items():
+        scope: dict = {}
+        exec(compile(code, f"{DOCS}:{title}", "exec"), scope)
+        dm, images, labels = scope["dm"], scope["images"], scope["labels"]
+        shape, classes = expected[title]
+        assert images.dtype == torch.float32 and images.shape == shape and labels.dtype == torch.int64
+        assert int(labels.min()) >= 0 and int(labels.max()) < classes == dm.num_classes
+        assert dm.image_shape == shape[1:] and type(dm).describe()["num_classes"] == classes
+        # and under a Trainer, through the fast path (an IndexBatch for the in-memory one)
+        augmented = dm.state_dict()["augmented_batches"]  # 1: the example's own batch
+        model = FeatureClassifier(
+            features=ConvNet(in_channels=3, channels=[4], hidden=[8]), num_classes=classes, input_shape=dm.image_shape
+        )
+        trainer = L.Trainer(
+            max_steps=2,
+            limit_val_batches=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(model, datamodule=dm)
+        assert trainer.global_step == 2 and dm.state_dict()["augmented_batches"] == augmented + 2
+
+
+def test_bad_choices_are_rejected_when_the_command_line_is_parsed():
+    """``padding_mode`` is typed as a Literal, so jsonargparse refuses a bad value before anything is built."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DigitsDataModule, "data")
+    assert parser.parse_args(["--data.padding_mode", "reflect"]).data.padding_mode == "reflect"
+    with pytest.raises(ArgumentError, match=r"(?s)data\.padding_mode.*'zeros', 'reflect', 'replicate'.*wrap"):
+        parser.parse_args(["--data.padding_mode", "wrap"])
+
+
+def test_the_0_1_0_names_still_work(tmp_path):
+    """``ImageClassificationDataModule`` (now ``InMemoryDataModule``) and ``FileDataModule`` subclasses of 0.1.0."""
+    from lightning_deepfeat.data import FileDataModule, ImageClassificationDataModule
+
+    class Old(ImageClassificationDataModule):
+        num_classes, image_shape, class_names = 2, (1, 4, 4), ["a", "b"]
+
+        def load_split(self, split):
+            return torch.full((10, 1, 4, 4), 3, dtype=torch.uint8), torch.arange(10) % 2
+
+    class OldFiles(FileDataModule):
+        num_classes, image_shape, class_names = 2, (1, 4, 4), ["a", "b"]
+
+        def required_files(self):
+            return ["data.pt"]
+
+        def load_split(self, split):
+            return torch.load(self.locate() / "data.pt")
+
+    torch.save((torch.full((10, 1, 4, 4), 3, dtype=torch.uint8), torch.arange(10) % 2), tmp_path / "data.pt")
+    for dm in (Old(batch_size=4, val_fraction=0.2), OldFiles(root=tmp_path, batch_size=4, val_fraction=0.2)):
+        dm.setup("fit")
+        images, labels = next(iter(dm.train_dataloader()))
+        assert images.shape == (4, 1, 4, 4) and images.dtype == torch.float32 and float(dm.mean) == 3.0
+    with pytest.raises(FileNotFoundError, match=r"OldFiles: no folder holds all of data\.pt"):
+        OldFiles(root=tmp_path / "elsewhere").setup("fit")

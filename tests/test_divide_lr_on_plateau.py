@@ -104,7 +104,7 @@ def test_divisor_keeps_group_ratios_and_max_drops_stop():
         (dict(cooldown=-2), "`cooldown`"),
         (dict(min_lr=-1e-3), "`min_lr`"),
         (dict(max_drops=-1), "`max_drops`"),
-        (dict(check_every_n_steps=0), "`check_every_n_steps` must be an int >= 1 or None, got 0"),
+        (dict(check_every_n_steps=0), "`check_every_n_steps` must be a positive int or None (None: once per epoch), got 0"),
         (dict(stop_on_final_plateau=True), "`stop_on_final_plateau=True` needs `max_drops`"),
         (dict(monitor=""), "`monitor`"),
         (dict(warmup_steps=-1), "`warmup_steps` must be an int >= 0, got -1"),

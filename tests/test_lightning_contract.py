@@ -403,7 +403,7 @@ def test_point08_lr_find_with_defaults_then_fit_trains_at_the_suggestion(tmp_pat
 def test_point08_lr_overrides_the_factory_and_is_checked():
     model = FeatureClassifier(MLP(hidden=(8,)), optimizer=partial(torch.optim.Adam, lr=1e-3), lr=0.05)
     assert [g["lr"] for g in model.configure_optimizers().param_groups] == [0.05]
-    with pytest.raises(ValueError, match=r"`lr` must be a positive finite float or None .* got -1"):
+    with pytest.raises(ValueError, match=r"`lr` must be a finite number > 0 or None .* got -1"):
         FeatureClassifier(MLP(hidden=(8,)), lr=-1)
 
 

@@ -223,10 +223,10 @@ def test_feature_net_that_fails_on_the_input_shape_is_named():
         (lambda: ConvNet(dropout=-0.5), r"`dropout` .* got -0.5"),
         (lambda: AlexNet(dropout=-1), r"`dropout` .* got -1"),
         (lambda: ConvNet(kernel_size=4), r"`kernel_size` must be odd"),
-        (lambda: ConvNet(channels=()), r"`channels` must name at least one"),
-        (lambda: MLP(hidden=(8, 0)), r"`hidden` must be a sequence of positive ints, got \[8, 0\]"),
+        (lambda: ConvNet(channels=()), r"`channels` must be a non-empty sequence of positive ints \(one width per conv stage\), got \(\)"),
+        (lambda: MLP(hidden=(8, 0)), r"`hidden` must be a non-empty sequence of positive ints .*got \(8, 0\)"),
         (lambda: MLP(activation="swishy"), r"`activation` must be one of .* got 'swishy'"),
-        (lambda: AlexNet(width=0), r"`width` must be a positive float"),
+        (lambda: AlexNet(width=0), r"`width` must be a finite number > 0 \(a multiplier on the channel counts\), got 0"),
         (lambda: FeatureClassifier(MLP(), input_shape=(1, 0, 8)), r"`input_shape` must be"),
     ],
 )

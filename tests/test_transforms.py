@@ -17,7 +17,8 @@ from lightning_deepfeat.data import (
     flip_batch,
     translate,
 )
-from lightning_deepfeat.data.transforms import memory_format_of
+from lightning_deepfeat.data.functional import cut_windows
+from lightning_deepfeat.data.transforms import BatchTransform, memory_format_of
 
 TV_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -100,7 +101,9 @@ def test_offsets_cover_range_uniformly_chi_square(shift):
 
 def test_chi_square_would_catch_a_biased_sampler():
     # the statistic used above rejects offsets from {-s..s-1} (a classic off-by-one)
-    counts = torch.bincount(torch.randint(-3, 3, (60_000,), generator=torch.Generator().manual_seed(0)) + 3, minlength=7).double()
+    counts = torch.bincount(
+        torch.randint(-3, 3, (60_000,), generator=torch.Generator().manual_seed(0)) + 3, minlength=7
+    ).double()
     stat = float(((counts - counts.sum() / 7) ** 2 / (counts.sum() / 7)).sum())
     assert chi2.sf(stat, df=6) < 1e-4
 
@@ -140,7 +143,9 @@ def test_channels_last_gives_the_same_values():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("shape", "size"), [((5, 3, 40, 36), (32, 32)), ((3, 3, 256, 256), (224, 224)), ((4, 1, 28, 28), (28, 20))])
+@pytest.mark.parametrize(
+    ("shape", "size"), [((5, 3, 40, 36), (32, 32)), ((3, 3, 256, 256), (224, 224)), ((4, 1, 28, 28), (28, 20))]
+)
 def test_random_crop_equals_per_sample_slices(shape, size):
     images = _batch(shape)
     module = RandomCrop(size)
@@ -202,7 +207,7 @@ def test_flip_batch_sync_free_and_indexed_paths_agree(dtype, channels_last):
         images = images.contiguous(memory_format=torch.channels_last)
     flags = torch.rand(50, generator=torch.Generator().manual_seed(4)) < 0.5
     indexed, where = flip_batch(images, flags, sync_free=False), flip_batch(images, flags, sync_free=True)
-    expected = torch.stack([im.flip(-1) if f else im for im, f in zip(images, flags)])
+    expected = torch.stack([im.flip(-1) if f else im for im, f in zip(images, flags, strict=True)])
     assert torch.equal(indexed, expected) and torch.equal(where, expected)
     assert memory_format_of(where) == memory_format_of(indexed) == memory_format_of(images)
     assert torch.equal(flip_batch(images, torch.zeros(50, dtype=torch.bool), sync_free=True), images)
@@ -244,3 +249,39 @@ def test_bad_inputs_are_value_errors():
         RandomCrop(40)(_batch((2, 1, 32, 32)))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         RandomTranslate(1)(_batch((1, 8, 8)))
+
+
+# ----------------------------------------------------------------- the protocol: draw the parameters, then apply them
+PROTOCOL_CASES = [
+    lambda: RandomTranslate(3, "zeros"),
+    lambda: RandomTranslate((1, 4), "reflect", p=0.5),
+    lambda: RandomTranslate(2, "replicate"),
+    lambda: RandomCrop((20, 17)),
+    lambda: CenterCrop(20),
+    lambda: RandomHorizontalFlip(0.5),
+]
+
+
+@pytest.mark.parametrize("make", PROTOCOL_CASES, ids=lambda m: repr(m()))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_is_apply_params_of_draw_params_and_windows_describe_the_output(make, channels_last):
+    """``forward(X, g) = apply_params(X, draw_params(X.shape, g))``; cutting the ``windows`` (if any) is the same."""
+    images = _batch((9, 3, 24, 21), channels_last=channels_last)
+    module = make()
+    out = module(images, torch.Generator().manual_seed(5))
+    params = module.draw_params(images.shape, torch.Generator().manual_seed(5))
+    assert torch.equal(module.apply_params(images, params), out)
+    assert memory_format_of(out) == memory_format_of(images)
+    windows = module.windows(params, images.shape)
+    if isinstance(module, (RandomTranslate, RandomCrop)):  # the two window transforms
+        assert torch.equal(cut_windows(images, windows), out)
+    else:
+        assert windows is None
+
+
+def test_a_transform_needs_apply_params_or_windows():
+    class Nothing(BatchTransform):
+        pass
+
+    with pytest.raises(NotImplementedError, match="Nothing must implement apply_params"):
+        Nothing()(_batch((2, 1, 4, 4)))

@@ -5,7 +5,7 @@ regression, trained end to end with minibatch SGD, packaged as PyTorch Lightning
 components: models, callbacks, data modules and a LightningCLI.
 """
 
-__version__ = "0.1.0"
+from lightning_deepfeat.version import __version__
 
 from lightning_deepfeat.models import MLP, AlexNet, ConvNet, FeatureClassifier
 

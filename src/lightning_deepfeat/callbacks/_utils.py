@@ -1,39 +1,13 @@
-"""Small private helpers shared by the callbacks: argument checks and rank-consistent reductions."""
+"""Small private helpers shared by the callbacks: fresh logged values, rank-consistent reductions, state keys.
+
+Argument checks live in :mod:`lightning_deepfeat.validation`.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-
-
-def check_number(name: str, value: Any, *, low: float | None = None, low_inclusive: bool = True,
-                 allow: str = "") -> float:
-    """Return ``float(value)`` or raise a ``ValueError`` naming ``name``, the value and what is allowed."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok and low is not None:
-        ok = float(value) >= low if low_inclusive else float(value) > low
-    if not ok:
-        raise ValueError(f"`{name}` must be {allow}, got {value!r}.")
-    return float(value)
-
-
-def check_int(name: str, value: Any, *, low: int, allow_none: bool = False) -> int | None:
-    """Return ``value`` if it is an int ``>= low`` (or ``None`` when allowed), else raise ``ValueError``."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        what = f"an int >= {low}" + (" or None" if allow_none else "")
-        raise ValueError(f"`{name}` must be {what}, got {value!r}.")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}, got {value!r}.")
-    return value
 
 
 def same_logged_value(a: Any, b: Any) -> bool:

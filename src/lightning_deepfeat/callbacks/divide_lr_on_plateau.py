@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -14,20 +14,16 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 
-from lightning_deepfeat.callbacks._utils import (
-    callback_state_key,
-    check_choice,
-    check_int,
-    check_number,
-    reduce_mean_consistent,
-    same_logged_value,
-)
+from lightning_deepfeat.callbacks._utils import callback_state_key, reduce_mean_consistent, same_logged_value
 from lightning_deepfeat.metrics import ClassificationError
+from lightning_deepfeat.validation import check_bool, check_choice, check_each, check_int, check_number, check_str, fail
 
 log = logging.getLogger(__name__)
 
-_MODES = ("min", "max")
-_THRESHOLD_MODES = ("rel", "abs")
+#: ``"min"``: lower is better (an error, a loss); ``"max"``: higher is better (an accuracy).
+Mode = Literal["min", "max"]
+#: ``"rel"``: an improvement beats the best by :math:`|b|\tau`; ``"abs"``: by :math:`\tau`.
+ThresholdMode = Literal["rel", "abs"]
 
 
 class DivideLROnPlateau(Callback):
@@ -139,11 +135,11 @@ class DivideLROnPlateau(Callback):
     def __init__(
         self,
         monitor: str = "train_error",
-        mode: str = "min",
+        mode: Mode = "min",
         divisor: float = 10.0,
         patience: int = 10,
         threshold: float = 1e-4,
-        threshold_mode: str = "rel",
+        threshold_mode: ThresholdMode = "rel",
         cooldown: int = 0,
         min_lr: float | Sequence[float] = 0.0,
         eps: float = 1e-8,
@@ -156,38 +152,32 @@ class DivideLROnPlateau(Callback):
         warmup_start_factor: float = 1.0 / 3.0,
     ) -> None:
         super().__init__()
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"`monitor` must be a non-empty string naming a logged metric, got {monitor!r}.")
-        self.monitor = monitor
-        self.mode = check_choice("mode", mode, _MODES)
-        self.divisor = check_number("divisor", divisor, low=1.0, low_inclusive=False, allow="a finite number > 1")
-        self.patience = check_int("patience", patience, low=0)
-        self.threshold = check_number("threshold", threshold, low=0.0, allow="a finite number >= 0")
-        self.threshold_mode = check_choice("threshold_mode", threshold_mode, _THRESHOLD_MODES)
-        self.cooldown = check_int("cooldown", cooldown, low=0)
+        self.monitor: str = check_str("monitor", monitor, hint="the name of a logged metric")
+        self.mode: Mode = check_choice("mode", mode, Mode)
+        self.divisor: float = check_number("divisor", divisor, low=1.0, low_open=True)
+        self.patience: int = check_int("patience", patience, low=0)
+        self.threshold: float = check_number("threshold", threshold, low=0.0)
+        self.threshold_mode: ThresholdMode = check_choice("threshold_mode", threshold_mode, ThresholdMode)
+        self.cooldown: int = check_int("cooldown", cooldown, low=0)
+        self.min_lr: float | list[float]
         if isinstance(min_lr, (list, tuple)):
             if not min_lr:
-                raise ValueError("`min_lr` must be a float >= 0 or a non-empty list of them, got [].")
-            self.min_lr: float | list[float] = [
-                check_number("min_lr", v, low=0.0, allow="a finite float >= 0 or a list of them") for v in min_lr
-            ]
+                raise fail("min_lr", "a finite number >= 0 or a non-empty list of them", min_lr)
+            self.min_lr = check_each("min_lr", min_lr, check_number, low=0.0)
         else:
-            self.min_lr = check_number("min_lr", min_lr, low=0.0, allow="a finite float >= 0 or a list of them")
-        self.eps = check_number("eps", eps, low=0.0, allow="a finite number >= 0")
-        self.max_drops = check_int("max_drops", max_drops, low=0, allow_none=True)
-        if not isinstance(stop_on_final_plateau, bool):
-            raise ValueError(f"`stop_on_final_plateau` must be a bool, got {stop_on_final_plateau!r}.")
+            self.min_lr = check_number("min_lr", min_lr, low=0.0, hint="or a list of them, one per parameter group")
+        self.eps: float = check_number("eps", eps, low=0.0)
+        self.max_drops: int | None = check_int("max_drops", max_drops, low=0, allow_none=True, hint="None: no limit")
+        self.stop_on_final_plateau: bool = check_bool("stop_on_final_plateau", stop_on_final_plateau)
         if stop_on_final_plateau and max_drops is None:
             raise ValueError("`stop_on_final_plateau=True` needs `max_drops` (an int >= 0), got max_drops=None.")
-        self.stop_on_final_plateau = stop_on_final_plateau
-        self.check_every_n_steps = check_int("check_every_n_steps", check_every_n_steps, low=1, allow_none=True)
-        self.strict = bool(strict)
-        self.verbose = bool(verbose)
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
-        self.warmup_start_factor = check_number("warmup_start_factor", warmup_start_factor, low=0.0,
-                                                allow="a finite number in [0, 1]")
-        if self.warmup_start_factor > 1.0:
-            raise ValueError(f"`warmup_start_factor` must be a finite number in [0, 1], got {warmup_start_factor!r}.")
+        self.check_every_n_steps: int | None = check_int(
+            "check_every_n_steps", check_every_n_steps, low=1, allow_none=True, hint="None: once per epoch"
+        )
+        self.strict: bool = check_bool("strict", strict)
+        self.verbose: bool = check_bool("verbose", verbose)
+        self.warmup_steps: int = check_int("warmup_steps", warmup_steps, low=0)
+        self.warmup_start_factor: float = check_number("warmup_start_factor", warmup_start_factor, low=0.0, high=1.0)
 
         # decision state (saved in checkpoints)
         self.best = math.inf if self.mode == "min" else -math.inf

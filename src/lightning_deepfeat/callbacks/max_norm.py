@@ -15,7 +15,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim import Optimizer
 
-from lightning_deepfeat.callbacks._utils import callback_state_key, check_int, check_number
+from lightning_deepfeat.callbacks._utils import callback_state_key
+from lightning_deepfeat.validation import check_bool, check_int, check_number, check_patterns, fail
 
 _DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -42,16 +43,6 @@ def _resolve_type(spec: str | type) -> type[nn.Module]:
         f"`module_types` must list nn.Module classes or their names (e.g. 'Linear', 'Conv2d', "
         f"'torch.nn.ConvTranspose2d'), got {spec!r}."
     )
-
-
-def _check_patterns(name: str, patterns: Sequence[str] | str | None) -> list[str]:
-    if patterns is None:
-        return []
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError(f"`{name}` must be a list of fnmatch patterns over parameter names (e.g. ['features.*']), got {patterns!r}.")
-    return list(patterns)
 
 
 class MaxNormConstraint(Callback):
@@ -136,22 +127,21 @@ class MaxNormConstraint(Callback):
         log_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        self.max_norm = check_number("max_norm", max_norm, low=0.0, low_inclusive=False, allow="a finite number > 0")
+        self.max_norm: float = check_number("max_norm", max_norm, low=0.0, low_open=True)
         if module_types is None:
             self.module_types = _DEFAULT_TYPES
         else:
             if isinstance(module_types, (str, type)) or not isinstance(module_types, Sequence) or not module_types:
-                raise ValueError(f"`module_types` must be a non-empty list of nn.Module classes or names, got {module_types!r}.")
+                raise fail("module_types", "a non-empty list of nn.Module classes or names", module_types,
+                           hint="such as ['Linear', 'Conv2d']")
             self.module_types = tuple(_resolve_type(t) for t in module_types)
-        self.include = _check_patterns("include", include)
-        self.exclude = _check_patterns("exclude", exclude)
-        if not isinstance(exclude_head, bool):
-            raise ValueError(f"`exclude_head` must be a bool, got {exclude_head!r}.")
-        self.exclude_head = exclude_head
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
-            raise ValueError(f"`dim` must be an int axis or None (one norm per output unit), got {dim!r}.")
-        self.dim = dim
-        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, low=1, allow_none=True)
+        self.include: list[str] = check_patterns("include", include)
+        self.exclude: list[str] = check_patterns("exclude", exclude)
+        self.exclude_head: bool = check_bool("exclude_head", exclude_head)
+        self.dim: int | None = check_int("dim", dim, allow_none=True,
+                                         hint="the unit axis; None: 0, or 1 for transposed convolutions")
+        self.log_every_n_steps: int | None = check_int("log_every_n_steps", log_every_n_steps, low=1, allow_none=True,
+                                                       hint="None: never")
 
         self.constrained: dict[str, tuple[torch.Tensor, int]] = {}
         self.num_applications = 0  #: number of projections run (fit start + each real optimizer step)

@@ -12,6 +12,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from lightning_deepfeat.validation import check_path, fail
+
 
 class PredictionWriter(BasePredictionWriter):
     r"""Write what ``predict_step`` returns for a classifier, one CSV row per sample.
@@ -49,13 +51,12 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self, output: str | os.PathLike[str] | None = None, float_format: str = "{:.6g}") -> None:
         super().__init__(write_interval="batch")
-        if output is not None and (not isinstance(output, (str, os.PathLike)) or not str(output)):
-            raise ValueError(f"`output` must be a file path or None (the run's log folder), got {output!r}.")
+        self.output: Path | None = check_path("output", output, kind="file", allow_none=True,
+                                              hint="None: predictions.csv in the run's log folder")
         try:
             float_format.format(0.5)
-        except (AttributeError, ValueError, IndexError) as err:
-            raise ValueError(f"`float_format` must be a format string such as '{{:.6g}}', got {float_format!r}.") from err
-        self.output = None if output is None else Path(output)
+        except (AttributeError, ValueError, IndexError, KeyError) as err:
+            raise fail("float_format", "a format string of one number", float_format, hint="such as '{:.6g}'") from err
         self.float_format = float_format
         self.paths: list[Path] = []
         self._file: Any = None

@@ -17,6 +17,7 @@ import yaml
 
 from lightning_deepfeat.cli.checkpoints import check_weights_fit, read_checkpoint
 from lightning_deepfeat.cli.core import DeepFeatCLI
+from lightning_deepfeat.validation import check_int
 
 #: keys of a ``deepfeat fit`` config that the analyses do not take (``config.yaml`` saved by fit has them)
 FIT_ONLY_KEYS = ("ckpt_path", "weights_only", "test_after_fit", "trainer")
@@ -93,10 +94,9 @@ def sanitised_configs(argv: list[str], tmpdir: str) -> list[str]:
 
 
 def positive_int(name: str, value: Any) -> int:
-    """``value`` if it is an int >= 1, else a ``ValueError`` naming ``--name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`--{name}` must be an int >= 1, got {value!r}.")
-    return value
+    """``value`` if it is a positive int, else a ``ValueError`` naming the option ``--name``."""
+    result: int = check_int(f"--{name}", value, low=1)
+    return result
 
 
 __all__ = ["FIT_ONLY_KEYS", "AnalysisCLI", "new_run_dir", "positive_int", "sanitised_configs"]

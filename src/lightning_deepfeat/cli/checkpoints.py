@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-import lightning_deepfeat
+from lightning_deepfeat.version import __version__
 
 #: key of the package version in checkpoints written by FeatureClassifier
 VERSION_KEY = "lightning_deepfeat_version"
@@ -51,10 +51,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         kind = "a dict without 'state_dict'" if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{str(path)!r} is a torch file but not a Lightning checkpoint (it holds {kind}).")
     written_by = checkpoint.get(VERSION_KEY)
-    if written_by is not None and _newer(str(written_by), lightning_deepfeat.__version__):
+    if written_by is not None and _newer(str(written_by), __version__):
         raise ValueError(
             f"{str(path)!r} was written by lightning_deepfeat {written_by}, newer than the installed "
-            f"{lightning_deepfeat.__version__}; upgrade lightning_deepfeat to read it."
+            f"{__version__}; upgrade lightning_deepfeat to read it."
         )
     return checkpoint
 

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-import lightning_deepfeat
+from lightning_deepfeat.version import __version__
 from lightning_deepfeat.callbacks.prediction_writer import PredictionWriter
 from lightning_deepfeat.cli.checkpoints import check_weights_fit, read_checkpoint
 from lightning_deepfeat.cli.errors import condense_parse_error, debug_requested
@@ -148,7 +148,7 @@ class DeepFeatCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         parser_kwargs = dict(kwargs.get("parser_kwargs") or {})
-        parser_kwargs.setdefault("version", f"deepfeat {lightning_deepfeat.__version__}")
+        parser_kwargs.setdefault("version", f"deepfeat {__version__}")
         parser_kwargs.setdefault("prog", "deepfeat")  # not "__main__.py" under `python -m lightning_deepfeat`
         kwargs["parser_kwargs"] = parser_kwargs
         with warnings.catch_warnings():

@@ -80,18 +80,22 @@ def condense_parse_error(message: str) -> str:
     where = keys[0] if keys else ""
     if nested:
         where = f"{where}.{nested[-1][0]}" if where else nested[-1][0]
+    elif len(keys) > 1:  # a value inside a class given as a dict (YAML): the keys from the outside in
+        where = ".".join(keys)
     option = f"`--{where}`" if where else "a value"
 
     unknown = re.search(r"Option '([^']+)' is not accepted", message) or re.search(
         r"""Key ["']([^"']+)["'] is not expected""", message
     )
-    if unknown:
+    owner = re.search(r"Problem with given class_path '([^']+)'", message)
+    owner_path = owner.group(1) if owner else ""
+    known = _init_parameters(owner_path) if owner_path else set()
+    # jsonargparse tries every alternative of a union (a list of callbacks, one callback, None): one that
+    # does not take the key says "not expected" even when the class does take it and the value is what is wrong
+    if unknown and unknown.group(1) not in known:
         bad = unknown.group(1)
-        owner = re.search(r"Problem with given class_path '([^']+)'", message)
-        owner_path = owner.group(1) if owner else ""
-        hint = did_you_mean(bad, _init_parameters(owner_path)) if owner_path else ""
         what = f" of {owner_path.rsplit('.', 1)[-1]}" if owner_path else ""
-        return f"unknown argument {bad!r}{what}.{hint}"
+        return f"unknown argument {bad!r}{what}.{did_you_mean(bad, known)}"
 
     bad_class = re.search(r"Expected a dot import path string: (\S+)", message) or re.search(
         r"Import path (\S+) does not correspond", message
@@ -101,8 +105,15 @@ def condense_parse_error(message: str) -> str:
         return f"{option}: {name!r} is not a class that fits here.{did_you_mean(name.rsplit('.', 1)[-1], known_class_names())}"
 
     expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
-    given = re.findall(r"Given value: (.+)", message)
+    # the innermost value that failed ("Got value"), else the whole value given to the outermost key
+    given = re.findall(r"Got value: (.+)", message) or re.findall(r"Given value: (.+)", message)
     value = nested[-1][1] if nested else (given[-1].strip() if given else "")
+    # a choice typed as Literal[...]: jsonargparse says "Expected a typing.Literal['min', 'max']. Got value: mx"
+    literal = re.search(r"Expected a (?:typing(?:_extensions)?\.)?Literal\[(.+?)\](?:\.|$)", message, re.MULTILINE)
+    if literal:
+        # None is allowed only where the Literal itself is Optional, not where a union around it is
+        or_null = " or null" if re.search(r"Subtypes: \[[^\n]*Literal\[[^\n]*NoneType", message) else ""
+        return f"{option} must be one of {literal.group(1).strip()}{or_null}, got {value!r}."
     if expected:
         allowed = " or ".join(dict.fromkeys(_TYPE_NAMES.get(t.rsplit(".", 1)[-1], t.rsplit(".", 1)[-1]) for t in expected))
         return f"{option} must be {allowed}, got {value!r}."

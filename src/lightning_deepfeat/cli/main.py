@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning_deepfeat
+from lightning_deepfeat.version import __version__
 from lightning_deepfeat.cli.checkpoints import config_from_hyperparameters, read_checkpoint, run_config_of
 from lightning_deepfeat.cli.errors import DEBUG_FLAG, condense_exception, debug_requested, did_you_mean
 from lightning_deepfeat.cli.recipes import format_recipes, resolve_config_args
@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "predict": "write a checkpoint's class probabilities for the test split to predictions.csv",
     "probe": "probe the recipe's open questions: `probe layerwise` trains one layer at a time",
     "visualize": "draw class models and saliency maps of a checkpoint",
+    "ablate": "train the recipe, then one arm per ingredient taken out, at the same budget (ablation.csv/.md/.png)",
     "recipes": "list the packaged recipes (use one with --config NAME)",
 }
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -119,7 +120,7 @@ def main(args: Sequence[str] | None = None, **kwargs: Any) -> Any:
         print(usage(), file=sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)
     if argv[0] in ("-V", "--version"):
-        print(f"{PROG} {lightning_deepfeat.__version__}")
+        print(f"{PROG} {__version__}")
         raise SystemExit(0)
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:
@@ -133,6 +134,10 @@ def main(args: Sequence[str] | None = None, **kwargs: Any) -> Any:
         print(format_recipes())
         return None
     _import_short_names()
+    if command == "ablate":
+        from lightning_deepfeat.probes.ablation import ablate_main
+
+        return ablate_main(rest)
     rest = resolve_config_args(rest)
     with tempfile.TemporaryDirectory() as tmpdir, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")

@@ -1,45 +1,62 @@
 """Data modules and batched, on-device augmentation.
 
-In memory (one uint8 tensor, one index gather per batch): :class:`DigitsDataModule`,
-:class:`MNISTDataModule`, :class:`FashionMNISTDataModule`, :class:`CIFAR10DataModule`,
-:class:`CIFAR100DataModule`. From files, decoded by workers: :class:`ImageFolderDataModule`.
-Batched augmentation modules: :class:`RandomTranslate`, :class:`RandomCrop`,
-:class:`CenterCrop`, :class:`RandomHorizontalFlip`.
+Bases, by job: :class:`ImageDataModule` (what every data module shares: splits,
+normalisation, loaders, augmentation and its seeded stream, checkpointed state);
+:class:`InMemoryDataModule` (uint8 tensors in memory, batched by one index gather, the
+fused on-device gather; a new data set implements ``load_split``);
+:class:`FilePerSampleDataModule` (one image file per sample, decoded by loader workers; a
+new data set implements ``sample_files``); :class:`Downloadable` (a mixin: files found
+under ``root`` and other places, or downloaded).
+
+Data sets: in memory, :class:`DigitsDataModule`, :class:`MNISTDataModule`,
+:class:`FashionMNISTDataModule`, :class:`CIFAR10DataModule`, :class:`CIFAR100DataModule`;
+from files, :class:`ImageFolderDataModule`. Batched augmentation: the
+:class:`BatchTransform` protocol (draw the parameters, then apply them) and
+:class:`RandomTranslate`, :class:`RandomCrop`, :class:`CenterCrop`, :class:`RandomHorizontalFlip`.
 """
 
-from lightning_deepfeat.data.base import FileDataModule, ImageClassificationDataModule
+from lightning_deepfeat.batches import IndexBatch
+from lightning_deepfeat.data.base import ImageDataModule
 from lightning_deepfeat.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_deepfeat.data.digits import DigitsDataModule
+from lightning_deepfeat.data.download import Downloadable, FileDataModule
+from lightning_deepfeat.data.file_per_sample import FilePerSampleDataModule
 from lightning_deepfeat.data.folder import ImageFolderDataModule
-from lightning_deepfeat.data.loader import IndexBatch, InMemoryBatchLoader
+from lightning_deepfeat.data.functional import Windows, crop_batch, flip_batch, translate
+from lightning_deepfeat.data.in_memory import ImageClassificationDataModule, InMemoryDataModule
+from lightning_deepfeat.data.loader import InMemoryBatchLoader
 from lightning_deepfeat.data.mnist import FashionMNISTDataModule, IDXDataModule, MNISTDataModule
 from lightning_deepfeat.data.readers import read_cifar_batch, read_idx
 from lightning_deepfeat.data.transforms import (
+    BatchTransform,
     CenterCrop,
     RandomCrop,
     RandomHorizontalFlip,
     RandomTranslate,
-    crop_batch,
-    flip_batch,
-    translate,
 )
 
 __all__ = [
+    "BatchTransform",
     "CIFAR100DataModule",
     "CIFAR10DataModule",
     "CenterCrop",
     "DigitsDataModule",
+    "Downloadable",
     "FashionMNISTDataModule",
     "FileDataModule",
+    "FilePerSampleDataModule",
     "IDXDataModule",
     "ImageClassificationDataModule",
+    "ImageDataModule",
     "ImageFolderDataModule",
     "InMemoryBatchLoader",
+    "InMemoryDataModule",
     "IndexBatch",
     "MNISTDataModule",
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomTranslate",
+    "Windows",
     "crop_batch",
     "flip_batch",
     "read_cifar_batch",

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from typing import ClassVar
 
 import torch
+from typing_extensions import override
 
-from lightning_deepfeat.data.base import DATA_ENV, FileDataModule, default_download_root
+from lightning_deepfeat.data.base import check_labels
+from lightning_deepfeat.data.download import DATA_ENV, Downloadable
+from lightning_deepfeat.data.in_memory import InMemoryDataModule
 from lightning_deepfeat.data.readers import load_pickle, read_cifar_batch
 
 
-class _CIFARDataModule(FileDataModule):
-    """Shared code of the CIFAR modules. Files are looked for in ``root`` (or
-    ``$DEEPFEAT_DATA`` when ``root`` is not given), directly or in the archive's folder
-    (``cifar-10-batches-py`` / ``cifar-100-python``), which is what torchvision's
-    ``CIFAR10(root, download=True)`` leaves behind.
+class _CIFARDataModule(Downloadable, InMemoryDataModule):
+    """Shared code of the CIFAR modules: the python pickles of torchvision's layout.
+
+    Files are looked for in ``root`` (or ``$DEEPFEAT_DATA`` when ``root`` is not given),
+    directly or in the archive's folder (``cifar-10-batches-py`` / ``cifar-100-python``),
+    which is what torchvision's ``CIFAR10(root, download=True)`` leaves behind.
 
     The pickles are read by a restricted unpickler that only rebuilds numpy arrays and
     builtins, so a tampered file cannot run code.
@@ -23,58 +26,35 @@ class _CIFARDataModule(FileDataModule):
     Args:
         root: data folder (see above).
         download: fetch the archive with torchvision's downloader when the files are missing.
-        **kwargs: the arguments of :class:`ImageClassificationDataModule`.
+        **kwargs: the arguments of :class:`~lightning_deepfeat.data.InMemoryDataModule`.
     """
 
     image_shape = (3, 32, 32)
-    folder = ""
-    archive_name = ""
-    torchvision_name = ""
-    split_files: dict[str, tuple[str, ...]] = {}
-    meta_file = ""
-    label_key = ""
-    names_key = ""
+    archive_name: ClassVar[str] = ""
+    split_files: ClassVar[dict[str, tuple[str, ...]]] = {}
+    meta_file: ClassVar[str] = ""
+    label_key: ClassVar[str] = ""
+    names_key: ClassVar[str] = ""
 
-    def candidate_dirs(self) -> list[Path]:
-        """Every folder searched, in order."""
-        if self.root is not None:
-            bases = [self.root]
-        else:
-            env = os.environ.get(DATA_ENV)
-            bases = [Path(env).expanduser()] if env else []
-        return [d for base in bases for d in (base, base / self.folder)]
-
-    def _needed(self) -> list[str]:
+    @override
+    def required_files(self) -> list[str]:
         return [name for files in self.split_files.values() for name in files]
 
-    def locate(self) -> Path:
-        """The first candidate folder holding every batch file; downloads if asked; else ``FileNotFoundError``."""
-        for folder in self.candidate_dirs():
-            if all((folder / name).is_file() for name in self._needed()):
-                return folder
-        if self.download:
-            target = self.root if self.root is not None else default_download_root()
-            import torchvision.datasets as tvd
+    @override
+    def ways_to_get(self) -> list[str]:
+        return [
+            f"pass `download=True` (torchvision downloads {self.archive_name} into root, "
+            f"${DATA_ENV} or ~/.cache/lightning_deepfeat)",
+            f"unpack {self.archive_name} from https://www.cs.toronto.edu/~kriz/cifar.html and set `root` / "
+            f"${DATA_ENV} to the folder above {self.subfolders[0]}/",
+        ]
 
-            getattr(tvd, self.torchvision_name)(str(target), train=True, download=True)
-            if all((target / self.folder / name).is_file() for name in self._needed()):
-                return target / self.folder
-        looked = "\n".join(f"  - {d}" for d in self.candidate_dirs()) or f"  (nowhere: neither `root` nor ${DATA_ENV} is set)"
-        raise FileNotFoundError(
-            f"{type(self).__name__}: no folder holds all of {', '.join(self._needed())}. Looked in:\n{looked}\n"
-            f"To get them: pass `download=True` (torchvision downloads {self.archive_name} into root, "
-            f"${DATA_ENV} or ~/.cache/lightning_deepfeat), or unpack {self.archive_name} from "
-            f"https://www.cs.toronto.edu/~kriz/cifar.html and set `root` / ${DATA_ENV} to the folder above {self.folder}/."
-        )
-
+    @override
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         folder = self.locate()
         parts = [read_cifar_batch(folder / name, self.label_key) for name in self.split_files[split]]
-        for (_, labels), name in zip(parts, self.split_files[split]):
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(
-                    f"{folder / name}: labels must lie in [0, {self.num_classes}), found [{int(labels.min())}, {int(labels.max())}]."
-                )
+        for (_, labels), name in zip(parts, self.split_files[split], strict=True):
+            check_labels(labels, self.num_classes, f"{folder / name}:")
         meta = folder / self.meta_file
         if meta.is_file():
             names = load_pickle(meta).get(self.names_key)
@@ -90,7 +70,7 @@ class CIFAR10DataModule(_CIFARDataModule):
     """
 
     num_classes = 10
-    folder = "cifar-10-batches-py"
+    subfolders = ("cifar-10-batches-py",)
     archive_name = "cifar-10-python.tar.gz"
     torchvision_name = "CIFAR10"
     split_files = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
@@ -108,7 +88,7 @@ class CIFAR100DataModule(_CIFARDataModule):
     """
 
     num_classes = 100
-    folder = "cifar-100-python"
+    subfolders = ("cifar-100-python",)
     archive_name = "cifar-100-python.tar.gz"
     torchvision_name = "CIFAR100"
     split_files = {"train": ("train",), "test": ("test",)}

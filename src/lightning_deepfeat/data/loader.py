@@ -1,26 +1,18 @@
-"""``InMemoryBatchLoader``: batches of an in-memory tensor data set by one index gather each."""
+"""``InMemoryBatchLoader``: batches of an in-memory tensor data set by one index gather each.
+
+``IndexBatch`` lives in :mod:`lightning_deepfeat.batches` (models and data both know it); it is re-exported here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler, SequentialSampler
 
-
-class IndexBatch(NamedTuple):
-    """A training batch whose images are not gathered yet: indices into the split, and their labels.
-
-    :class:`InMemoryBatchLoader` yields these with ``yield_indices=True``. Lightning moves
-    both tensors to the device like any tuple; the data module's
-    ``on_after_batch_transfer`` then gathers and augments the images there in one pass
-    (see :meth:`ImageClassificationDataModule.gather_augmented`). Only a few bytes per
-    sample cross to the accelerator.
-    """
-
-    indices: torch.Tensor
-    labels: torch.Tensor
+from lightning_deepfeat.batches import IndexBatch
+from lightning_deepfeat.validation import check_bool, check_callable, check_int
 
 
 class _ShuffledOrder(Sampler[int]):
@@ -104,21 +96,17 @@ class InMemoryBatchLoader:
     ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"images and labels differ in length: {images.shape[0]} != {labels.shape[0]}.")
-        if batch_size <= 0:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"`rank` must be in [0, {num_replicas}), got {rank}.")
         self.images = images
         self.labels = labels
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.pad_to_equal = pad_to_equal
-        self.yield_indices = yield_indices
-        self.fetch = fetch
+        self.batch_size: int = check_int("batch_size", batch_size, low=1)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.drop_last = check_bool("drop_last", drop_last)
+        self.seed: int = check_int("seed", seed)
+        self.num_replicas: int = check_int("num_replicas", num_replicas, low=1)
+        self.rank: int = check_int("rank", rank, low=0, high=num_replicas - 1)
+        self.pad_to_equal = check_bool("pad_to_equal", pad_to_equal)
+        self.yield_indices = check_bool("yield_indices", yield_indices)
+        self.fetch = check_callable("fetch", fetch, what="a function indices -> images", allow_none=True)
         self.epoch = 0
         # Lightning reads `sampler`: set_epoch at epoch starts, SequentialSampler to see that nothing is shuffled
         self.sampler: Sampler[int] = _ShuffledOrder(self) if shuffle else _SequentialOrder(self)
@@ -173,3 +161,6 @@ class InMemoryBatchLoader:
         self.epoch = int(state["epoch"])
         self.seed = int(state.get("seed", self.seed))
         self._skip = int(state["batches_done"])
+
+
+__all__ = ["InMemoryBatchLoader", "IndexBatch"]

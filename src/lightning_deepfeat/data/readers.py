@@ -55,7 +55,9 @@ def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> torch.Ten
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file: bad magic number {data[:4].hex() or '(empty)'} (expected 0000TTDD).")
+        raise ValueError(
+            f"{path} is not an IDX file: bad magic number {data[:4].hex() or '(empty)'} (expected 0000TTDD)."
+        )
     dtype, size = _IDX_TYPES[data[2]]
     dims = data[3]
     if ndim is not None and dims != ndim:

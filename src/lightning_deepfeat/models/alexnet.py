@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_deepfeat.models._common import check_positive_int, check_probability
+from lightning_deepfeat.validation import check_bool, check_dropout, check_int, check_number
 
 
 class OverlappingMaxPool(nn.Module):
@@ -80,19 +80,19 @@ class AlexNet(nn.Module):
         stem_stride: int = 4,
     ) -> None:
         super().__init__()
-        check_positive_int("in_channels", in_channels, allow_none=True)
-        if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
-            raise ValueError(f"`width` must be a positive float multiplier, got {width!r}.")
-        check_positive_int("hidden", hidden)
-        dropout = check_probability("dropout", dropout)
-        check_positive_int("stem_kernel", stem_kernel)
-        check_positive_int("stem_stride", stem_stride)
+        in_channels = check_int("in_channels", in_channels, low=1, allow_none=True, hint="None: inferred")
+        width = check_number("width", width, low=0.0, low_open=True, hint="a multiplier on the channel counts")
+        hidden = check_int("hidden", hidden, low=1)
+        dropout = check_dropout("dropout", dropout)
+        lrn = check_bool("lrn", lrn)
+        stem_kernel = check_int("stem_kernel", stem_kernel, low=1)
+        stem_stride = check_int("stem_stride", stem_stride, low=1)
         self.init_args = {
             "in_channels": in_channels,
-            "width": float(width),
+            "width": width,
             "hidden": hidden,
             "dropout": dropout,
-            "lrn": bool(lrn),
+            "lrn": lrn,
             "stem_kernel": stem_kernel,
             "stem_stride": stem_stride,
         }

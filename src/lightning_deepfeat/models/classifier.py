@@ -11,14 +11,15 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-import lightning_deepfeat
-from lightning_deepfeat.data.loader import IndexBatch
+from lightning_deepfeat.version import __version__
+from lightning_deepfeat.batches import IndexBatch
 from lightning_deepfeat.metrics import ClassificationError
 from lightning_deepfeat.models._rebuild import (
     UnrebuildableFactory,
@@ -29,6 +30,7 @@ from lightning_deepfeat.models._rebuild import (
     outermost_init_call,
 )
 from lightning_deepfeat.models.convnet import ConvNet
+from lightning_deepfeat.validation import check_callable, check_instance, check_int, check_number, check_shape
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
@@ -42,18 +44,15 @@ def krizhevsky_sgd(params: Iterable[Any]) -> Optimizer:
 
 
 def _check_lr(lr: Any) -> float | None:
-    if lr is None:
+    return check_number("lr", lr, low=0.0, low_open=True, allow_none=True, hint="None: the optimizer factory's own")
+
+
+def _declared(check: Callable[..., Any], name: str, value: Any, **kwargs: Any) -> Any:
+    """``check(name, value, **kwargs)``, or ``None`` where a data module declares no valid ``name`` (nothing to compare)."""
+    try:
+        return check(name, value, **kwargs)
+    except ValueError:
         return None
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"`lr` must be a positive finite float or None (the optimizer factory's own), got {lr!r}.")
-    return float(lr)
-
-
-def _is_shape(shape: Any) -> bool:
-    return (
-        isinstance(shape, Sequence) and not isinstance(shape, (str, bytes)) and len(shape) > 0
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-    )
 
 
 def _spec(name: str, value: Any) -> Any:
@@ -136,22 +135,16 @@ class FeatureClassifier(LightningModule):
         lr: float | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an int >= 2 (logistic regression needs two classes), got {num_classes!r}.")
-        if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape or any(
-            isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in input_shape
-        ):
-            raise ValueError(f"`input_shape` must be a non-empty sequence of positive ints such as (1, 28, 28), got {input_shape!r}.")
-        self.num_classes = num_classes
-        self.input_shape = tuple(input_shape)
+        self.num_classes = check_int("num_classes", num_classes, low=2, hint="logistic regression needs two classes")
+        self.input_shape = check_shape("input_shape", input_shape)
         self.optimizer_factory = self._factory("optimizer", optimizer)
         self.scheduler_factory = None if lr_scheduler is None else self._factory("lr_scheduler", lr_scheduler)
         self.lr = _check_lr(lr)
 
         if isinstance(features, dict):
             features = build_from_spec(features)
-        if features is not None and not isinstance(features, nn.Module):
-            raise ValueError(f"`features` must be an nn.Module, got {type(features).__name__}.")
+        if features is not None:
+            check_instance("features", features, nn.Module, what="an nn.Module")
         self.features = features if features is not None else self.build_features()
         self.feature_dim = self._dry_run()
         self.head = self.build_head(self.feature_dim, num_classes)
@@ -171,10 +164,8 @@ class FeatureClassifier(LightningModule):
             if isinstance(factory, UnrebuildableFactory):  # loads for inference; training raises this
                 rank_zero_warn(factory.message + " Until then the model cannot be trained.", category=UserWarning)
             return factory
-        if not callable(value):
-            takes = "the parameters" if argument == "optimizer" else "the optimizer"
-            raise ValueError(f"`{argument}` must be a callable taking {takes} (or its saved spec), got {value!r}.")
-        return value
+        takes = "the parameters" if argument == "optimizer" else "the optimizer"
+        return check_callable(argument, value, what=f"a callable taking {takes} (or its saved spec)")
 
     def save_hyperparameters(
         self,
@@ -312,7 +303,8 @@ class FeatureClassifier(LightningModule):
         return MetricCollection(metrics, prefix=f"{stage}_")
 
     # ----------------------------------------------------------------- steps
-    def _step(self, batch: Any, metrics: MetricCollection, on_step: bool) -> torch.Tensor:
+    def _step(self, batch: Any, metrics: MetricCollection, on_step: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, logits)`` of the batch, with the stage's metrics updated and registered for logging."""
         if isinstance(batch, IndexBatch):
             raise TypeError(
                 "the batch is an IndexBatch (sample indices, not images): only the data module's own "
@@ -336,10 +328,10 @@ class FeatureClassifier(LightningModule):
                 self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name.endswith("_error"))
         if on_step:
             self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        return loss
+        return loss, logits
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, self.train_metrics, on_step=True)
+        loss, _ = self._step(batch, self.train_metrics, on_step=True)
         if self.check_finite_loss and not torch.isfinite(loss):
             raise FloatingPointError(
                 f"Non-finite training loss ({loss.item()}) at global step {self.global_step} (epoch "
@@ -348,11 +340,15 @@ class FeatureClassifier(LightningModule):
             )
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, self.val_metrics, on_step=False)
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"loss", "logits"}`` of the batch (detached), for callbacks' ``on_validation_batch_end``."""
+        loss, logits = self._step(batch, self.val_metrics, on_step=False)
+        return {"loss": loss.detach(), "logits": logits.detach()}
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, self.test_metrics, on_step=False)
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"loss", "logits"}`` of the batch (detached): what ``ConfusionMatrixPlot`` reads in ``on_test_batch_end``."""
+        loss, logits = self._step(batch, self.test_metrics, on_step=False)
+        return {"loss": loss.detach(), "logits": logits.detach()}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities ``softmax(logits)``, shape ``(N, num_classes)``."""
@@ -366,7 +362,7 @@ class FeatureClassifier(LightningModule):
         Also records the package version (``lightning_deepfeat_version``), so that a newer
         checkpoint read by an older install is refused with a message saying so.
         """
-        checkpoint["lightning_deepfeat_version"] = lightning_deepfeat.__version__
+        checkpoint["lightning_deepfeat_version"] = __version__
         state: dict[str, Any] = {"cpu": torch.get_rng_state()}
         device = self.device
         if device.type == "cuda":
@@ -402,14 +398,16 @@ class FeatureClassifier(LightningModule):
         return {"epoch": int(trainer.current_epoch), "batches": done, "states": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the checkpoint's shapes; keep its random state for a resumed fit (applied at ``on_train_start``).
+
+        Only a Trainer resuming ``fit`` from this checkpoint puts the random state back:
+        ``load_from_checkpoint`` and ``test``/``predict(ckpt_path=...)`` leave the global RNG alone.
+        """
         self._check_checkpoint_shapes(checkpoint)
         self._pending_train_metrics = checkpoint.get("deepfeat_train_metrics")
-        state = checkpoint.get("deepfeat_rng_state")
-        if not state:
-            return
-        torch.set_rng_state(state["cpu"])
-        if "cuda" in state and torch.cuda.is_available():
-            self._pending_cuda_rng_state = state["cuda"]
+        trainer = self._attached_trainer()
+        resuming = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        self._pending_rng_state = checkpoint.get("deepfeat_rng_state") if resuming else None
 
     def _check_checkpoint_shapes(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another ``num_classes`` with a message naming it (not a size-mismatch dump)."""
@@ -431,14 +429,15 @@ class FeatureClassifier(LightningModule):
         trainer = self._attached_trainer()
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
-        if isinstance(data_classes, int) and not isinstance(data_classes, bool) and data_classes > 0 and data_classes != self.num_classes:
+        data_classes = _declared(check_int, "num_classes", data_classes, low=1)
+        if data_classes is not None and data_classes != self.num_classes:
             raise ValueError(
                 f"{type(self).__name__} has `num_classes`={self.num_classes} but {type(datamodule).__name__} has "
                 f"num_classes={data_classes}; pass num_classes={data_classes} to the model (the deepfeat CLI links it)."
             )
         data_shape = getattr(datamodule, "image_shape", None)
-        if _is_shape(data_shape) and tuple(data_shape) != self.input_shape:
-            shape = tuple(int(d) for d in data_shape)
+        shape = _declared(check_shape, "image_shape", data_shape)
+        if shape is not None and shape != self.input_shape:
             raise ValueError(
                 f"{type(self).__name__} has `input_shape`={self.input_shape} but {type(datamodule).__name__} has "
                 f"image_shape={shape}; pass input_shape={shape} to the model (the deepfeat CLI links it)."
@@ -453,13 +452,14 @@ class FeatureClassifier(LightningModule):
     def on_test_epoch_start(self) -> None:
         self._registered_metrics.discard(self.test_metrics.prefix)
 
-    def on_fit_start(self) -> None:
-        pending = getattr(self, "_pending_cuda_rng_state", None)
-        if pending is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(pending, self.device)
-        self._pending_cuda_rng_state = None
-
     def on_train_start(self) -> None:
+        # after every restore (FSDP and DeepSpeed restore after on_fit_start) and after the sanity check, which
+        # Lightning runs with its RNG isolated: the random state of the checkpoint being resumed, if any
+        rng, self._pending_rng_state = getattr(self, "_pending_rng_state", None), None
+        if rng:
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
         # after Lightning restored the loops: put back the running training metrics of a mid-epoch checkpoint
         saved, self._pending_train_metrics = getattr(self, "_pending_train_metrics", None), None
         if not saved:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
-from lightning_deepfeat.models._common import check_positive_int, check_probability, check_widths, make_activation
+from lightning_deepfeat.models._common import Activation, make_activation
+from lightning_deepfeat.validation import check_choice, check_dropout, check_int, check_ints, fail
+
+#: how each stage ends: max-pooling (the recipe) or average pooling (the ablation's ``no_maxpool`` arm)
+Pooling = Literal["max", "avg"]
 
 
 class ConvNet(nn.Module):
@@ -32,6 +37,8 @@ class ConvNet(nn.Module):
         dropout: dropout on the fully connected hidden units, in [0, 1).
         conv_dropout: dropout on conv feature maps after each stage, in [0, 1).
         activation: the fixed non-linearity σ (``relu`` by default).
+        pooling: ``"max"`` (default): ``MaxPool2d(pool_size)``; ``"avg"``: ``AvgPool2d(pool_size)``,
+            the same window and stride (to measure what max-pooling itself contributes).
 
     Shape:
         input ``(N, C, H, W)``, output ``(N, hidden[-1])`` (or the flattened map when
@@ -48,22 +55,22 @@ class ConvNet(nn.Module):
         pool_size: int = 2,
         dropout: float = 0.5,
         conv_dropout: float = 0.0,
-        activation: str = "relu",
+        activation: Activation = "relu",
+        pooling: Pooling = "max",
     ) -> None:
         super().__init__()
-        channels = check_widths("channels", channels)
-        if not channels:
-            raise ValueError("`channels` must name at least one conv stage, got ().")
-        hidden = check_widths("hidden", hidden)
-        check_positive_int("in_channels", in_channels, allow_none=True)
-        check_positive_int("kernel_size", kernel_size)
+        channels = check_ints("channels", channels, low=1, non_empty=True, hint="one width per conv stage")
+        hidden = check_ints("hidden", hidden, low=1)
+        in_channels = check_int("in_channels", in_channels, low=1, allow_none=True, hint="None: inferred")
+        kernel_size = check_int("kernel_size", kernel_size, low=1)
         if kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be odd (for 'same' padding), got {kernel_size}.")
-        check_positive_int("convs_per_stage", convs_per_stage)
-        check_positive_int("pool_size", pool_size)
-        dropout = check_probability("dropout", dropout)
-        conv_dropout = check_probability("conv_dropout", conv_dropout)
-        make_activation(activation)
+            raise fail("kernel_size", "odd", kernel_size, hint="for 'same' padding")
+        convs_per_stage = check_int("convs_per_stage", convs_per_stage, low=1)
+        pool_size = check_int("pool_size", pool_size, low=1)
+        dropout = check_dropout("dropout", dropout)
+        conv_dropout = check_dropout("conv_dropout", conv_dropout)
+        make_activation(activation)  # validate the name early
+        pooling = check_choice("pooling", pooling, Pooling)
         self.init_args = {
             "channels": list(channels),
             "hidden": list(hidden),
@@ -74,6 +81,7 @@ class ConvNet(nn.Module):
             "dropout": dropout,
             "conv_dropout": conv_dropout,
             "activation": activation,
+            "pooling": pooling,
         }
         stages: list[nn.Module] = []
         previous = in_channels
@@ -87,7 +95,7 @@ class ConvNet(nn.Module):
                 stages += [conv, make_activation(activation)]
                 previous = width
             if pool_size > 1:
-                stages.append(nn.MaxPool2d(pool_size))
+                stages.append(nn.MaxPool2d(pool_size) if pooling == "max" else nn.AvgPool2d(pool_size))
             if conv_dropout > 0:
                 stages.append(nn.Dropout(conv_dropout))
         self.conv = nn.Sequential(*stages)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_deepfeat.models._common import check_positive_int, check_probability, check_widths, make_activation
+from lightning_deepfeat.models._common import Activation, make_activation
+from lightning_deepfeat.validation import check_dropout, check_int, check_ints
 
 
 class MLP(nn.Module):
@@ -37,17 +38,15 @@ class MLP(nn.Module):
         self,
         hidden: Sequence[int] = (1024, 1024),
         in_features: int | None = None,
-        activation: str = "relu",
+        activation: Activation = "relu",
         dropout: float = 0.5,
         input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        hidden = check_widths("hidden", hidden)
-        if not hidden:
-            raise ValueError("`hidden` must name at least one hidden layer width, got ().")
-        check_positive_int("in_features", in_features, allow_none=True)
-        dropout = check_probability("dropout", dropout)
-        input_dropout = check_probability("input_dropout", input_dropout)
+        hidden = check_ints("hidden", hidden, low=1, non_empty=True, hint="one width per hidden layer")
+        in_features = check_int("in_features", in_features, low=1, allow_none=True, hint="None: inferred")
+        dropout = check_dropout("dropout", dropout)
+        input_dropout = check_dropout("input_dropout", input_dropout)
         make_activation(activation)  # validate the name early
         self.init_args = {
             "hidden": list(hidden),

@@ -6,8 +6,11 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
+from typing_extensions import override
 
+from lightning_deepfeat.inspection import requires_grad_flags, set_requires_grad
 from lightning_deepfeat.probes._layers import parameter_layers
+from lightning_deepfeat.validation import check_bool, check_int
 
 
 class AlternatingMinimization(Callback):
@@ -40,15 +43,19 @@ class AlternatingMinimization(Callback):
         skip_frozen_backward: also turn off ``requires_grad`` of the frozen block.
     """
 
-    def __init__(self, head_steps: int = 10, body_steps: int = 1, head_includes_last_layer: bool = True, skip_frozen_backward: bool = True) -> None:
+    def __init__(
+        self,
+        head_steps: int = 10,
+        body_steps: int = 1,
+        head_includes_last_layer: bool = True,
+        skip_frozen_backward: bool = True,
+    ) -> None:
         super().__init__()
-        for name, value in (("head_steps", head_steps), ("body_steps", body_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1 (number of consecutive optimizer steps), got {value!r}.")
-        self.head_steps = head_steps
-        self.body_steps = body_steps
-        self.head_includes_last_layer = bool(head_includes_last_layer)
-        self.skip_frozen_backward = bool(skip_frozen_backward)
+        hint = "consecutive optimizer steps"
+        self.head_steps: int = check_int("head_steps", head_steps, low=1, hint=hint)
+        self.body_steps: int = check_int("body_steps", body_steps, low=1, hint=hint)
+        self.head_includes_last_layer = check_bool("head_includes_last_layer", head_includes_last_layer)
+        self.skip_frozen_backward = check_bool("skip_frozen_backward", skip_frozen_backward)
         self.top: list[str] = []
         self.body: list[str] = []
         self._saved: dict[str, bool] = {}
@@ -70,27 +77,27 @@ class AlternatingMinimization(Callback):
         """Whether optimizer step ``step`` (0-based) updates the top block."""
         return step % (self.head_steps + self.body_steps) < self.head_steps
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self.blocks(pl_module)
 
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.top, self.body = self.blocks(pl_module)
-        self._saved = {n: p.requires_grad for n, p in pl_module.named_parameters()}
+        self._saved = requires_grad_flags(pl_module)
 
     def _frozen(self, step: int) -> tuple[list[str], list[str]]:
         return (self.body, self.top) if self.top_block_active(step) else (self.top, self.body)
 
+    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not self.skip_frozen_backward:
             return
         frozen, active = self._frozen(trainer.global_step)
-        params = dict(pl_module.named_parameters())
-        for name in active:
-            params[name].requires_grad_(self._saved.get(name, True))
-        for name in frozen:
-            params[name].requires_grad_(False)
+        set_requires_grad(pl_module, {**{n: self._saved.get(n, True) for n in active}, **dict.fromkeys(frozen, False)})
 
+    @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         frozen, _ = self._frozen(trainer.global_step)
         params = dict(pl_module.named_parameters())
@@ -99,15 +106,16 @@ class AlternatingMinimization(Callback):
         pl_module.log("alt_block", float(self.top_block_active(trainer.global_step)), on_step=True, on_epoch=False)
 
     def _restore(self, pl_module: LightningModule) -> None:
-        for name, param in pl_module.named_parameters():
-            if name in self._saved:
-                param.requires_grad_(self._saved[name])
+        set_requires_grad(pl_module, self._saved)
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore(pl_module)  # validation and checkpoints see the model as built
 
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore(pl_module)
 
+    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._restore(pl_module)

@@ -22,11 +22,19 @@ PROBES = {"layerwise": "train one layer at a time from the same weights and comp
 class LayerwiseProbeCLI(AnalysisCLI):
     """``deepfeat probe layerwise``: the fit config's model/data/optimizer, plus the probe's own arguments."""
 
+    result: dict[str, Any]  # set by probe_main: the runs and the paths written
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="Start from these weights instead of the initial ones.")
-        parser.add_argument("--out", type=str | None, default=None,
-                            help="Output directory (default: a new lightning_logs/probe_layerwise/version_<n>).")
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="Start from these weights instead of the initial ones."
+        )
+        parser.add_argument(
+            "--out",
+            type=str | None,
+            default=None,
+            help="Output directory (default: a new lightning_logs/probe_layerwise/version_<n>).",
+        )
         parser.add_argument("--steps", type=int, default=100, help="Optimizer steps per layer.")
 
     def before_instantiate_classes(self) -> None:
@@ -40,7 +48,10 @@ def probe_main(argv: Sequence[str], **kwargs: Any) -> AnalysisCLI:
     names = ",".join(PROBES)
     if not argv or argv[0] in ("-h", "--help"):
         rows = "\n".join(f"  {name}  {text}" for name, text in PROBES.items())
-        print(f"usage: deepfeat probe {{{names}}} --config CONFIG [--ckpt_path CKPT] [--steps N] [--out DIR]\n\nprobes:\n{rows}")
+        print(
+            f"usage: deepfeat probe {{{names}}} --config CONFIG [--ckpt_path CKPT] [--steps N] [--out DIR]\n\n"
+            f"probes:\n{rows}"
+        )
         raise SystemExit(0 if argv else 2)
     if argv[0] not in PROBES:
         raise ValueError(f"`deepfeat probe` got probe name {argv[0]!r}; allowed: {', '.join(PROBES)}.")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import math
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from typing_extensions import override
 
-from lightning_deepfeat.probes._layers import split_batches
+from lightning_deepfeat.inspection import split_batches
+from lightning_deepfeat.validation import check_bool, check_choice, check_int, check_number
+
+Split = Literal["train", "val"]
 
 
 @dataclass
@@ -32,7 +36,9 @@ class RefitResult:
         return self.sgd_loss - self.refit_loss
 
 
-def head_objective(A: torch.Tensor, b: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, l2: float) -> torch.Tensor:
+def head_objective(
+    A: torch.Tensor, b: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, l2: float
+) -> torch.Tensor:
     r"""L2-regularised multinomial logistic loss, convex in (A, b):
 
     .. math::
@@ -70,7 +76,13 @@ def solve_logistic_head(
     # L-BFGS stops on the max-norm of the gradient; ‖g‖₂ ≤ √n‖g‖_∞, so this guarantees ‖g‖₂ ≤ tol
     inf_tol = tol / math.sqrt(A.numel() + b.numel())
     opt = torch.optim.LBFGS(
-        [A, b], lr=1.0, max_iter=max_iter, tolerance_grad=inf_tol, tolerance_change=0.0, history_size=20, line_search_fn="strong_wolfe"
+        [A, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=inf_tol,
+        tolerance_change=0.0,
+        history_size=20,
+        line_search_fn="strong_wolfe",
     )
 
     def closure() -> torch.Tensor:
@@ -84,6 +96,7 @@ def solve_logistic_head(
         opt.step(closure)
         iterations = opt.state[opt.param_groups[0]["params"][0]].get("n_iter", iterations)
         closure()  # fresh gradients at the current point
+        assert A.grad is not None and b.grad is not None  # set by the closure
         grad_norm = torch.cat([A.grad.flatten(), b.grad.flatten()]).norm().item()
         if grad_norm <= tol:
             break
@@ -98,7 +111,7 @@ class ConvexHeadRefit(Callback):
     (A, b) with L-BFGS until ‖∇F‖₂ ≤ ``tol``. The head SGD found is evaluated on the
     same F, so ``sgd_loss − refit_loss`` is how far SGD's head is from the optimum on its
     own features. Logged: ``head_sgd_loss``, ``head_refit_loss``, ``head_refit_gap``,
-    ``head_refit_grad_norm``; one line is printed.
+    ``head_refit_grad_norm``; one line is reported (``rank_zero_info``).
 
     Args:
         every_n_epochs: also refit at the end of every N-th training epoch (``None``:
@@ -109,7 +122,7 @@ class ConvexHeadRefit(Callback):
         max_iter: L-BFGS iterations per restart.
         keep_better: copy the refit head into the model when its objective is lower.
         split: ``"train"`` (default) or ``"val"``: the data the head is fitted on.
-        verbose: print the result line.
+        verbose: report the result line.
     """
 
     def __init__(
@@ -119,27 +132,19 @@ class ConvexHeadRefit(Callback):
         tol: float = 1e-5,
         max_iter: int = 500,
         keep_better: bool = False,
-        split: str = "train",
+        split: Split = "train",
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1):
-            raise ValueError(f"`every_n_epochs` must be an int >= 1 or None (only at fit end), got {every_n_epochs!r}.")
-        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or l2 < 0:
-            raise ValueError(f"`l2` must be a float >= 0 (the λ of λ/2‖A‖²), got {l2!r}.")
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-            raise ValueError(f"`tol` must be a float > 0 (gradient-norm tolerance), got {tol!r}.")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"`max_iter` must be an int >= 1, got {max_iter!r}.")
-        if split not in ("train", "val"):
-            raise ValueError(f"`split` must be 'train' or 'val', got {split!r}.")
-        self.every_n_epochs = every_n_epochs
-        self.l2 = float(l2)
-        self.tol = float(tol)
-        self.max_iter = max_iter
-        self.keep_better = bool(keep_better)
-        self.split = split
-        self.verbose = verbose
+        self.every_n_epochs = check_int(
+            "every_n_epochs", every_n_epochs, low=1, allow_none=True, hint="None: only at the end of fit"
+        )
+        self.l2 = check_number("l2", l2, low=0, hint="the λ of λ/2‖A‖²")
+        self.tol = check_number("tol", tol, low=0, low_open=True, hint="gradient-norm tolerance")
+        self.max_iter = check_int("max_iter", max_iter, low=1, hint="L-BFGS iterations per restart")
+        self.keep_better = check_bool("keep_better", keep_better)
+        self.split: Split = check_choice("split", split, Split)
+        self.verbose = check_bool("verbose", verbose)
         self.results: list[RefitResult] = []
 
     @torch.no_grad()
@@ -150,7 +155,7 @@ class ConvexHeadRefit(Callback):
         try:
             feats, labels = [], []
             for x, y in split_batches(datamodule, self.split, device=pl_module.device):
-                feats.append(pl_module.extract_features(x).float().cpu())
+                feats.append(cast(Any, pl_module).extract_features(x).float().cpu())
                 labels.append(y.cpu())
         finally:
             pl_module.train(was_training)
@@ -165,8 +170,13 @@ class ConvexHeadRefit(Callback):
         A0, b0 = head.weight.detach().cpu().double(), head.bias.detach().cpu().double()
         sgd_loss = head_objective(A0, b0, feats.double(), labels, self.l2).item()
         A, b, grad_norm, iterations = solve_logistic_head(
-            feats, labels, pl_module.num_classes if hasattr(pl_module, "num_classes") else head.out_features,
-            l2=self.l2, tol=self.tol, max_iter=self.max_iter, init=(A0, b0),
+            feats,
+            labels,
+            int(cast(Any, pl_module).num_classes) if hasattr(pl_module, "num_classes") else head.out_features,
+            l2=self.l2,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            init=(A0, b0),
         )
         refit_loss = head_objective(A, b, feats.double(), labels, self.l2).item()
         kept = "sgd"
@@ -190,23 +200,26 @@ class ConvexHeadRefit(Callback):
                 pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
         elif trainer.logger is not None:
             trainer.logger.log_metrics(
-                {"head_sgd_loss": result.sgd_loss, "head_refit_loss": result.refit_loss, "head_refit_gap": result.gap}, step=trainer.global_step
+                {"head_sgd_loss": result.sgd_loss, "head_refit_loss": result.refit_loss, "head_refit_gap": result.gap},
+                step=trainer.global_step,
             )
-        if self.verbose and trainer.is_global_zero:
-            print(
-                f"ConvexHeadRefit (epoch {result.epoch}): SGD head F={result.sgd_loss:.6f}, optimum F={result.refit_loss:.6f} "
-                f"(gap {result.gap:.2e}, ‖∇F‖={result.grad_norm:.1e}, {result.iterations} L-BFGS iterations, kept {result.kept})",
-                flush=True,
+        if self.verbose:
+            rank_zero_info(
+                f"ConvexHeadRefit (epoch {result.epoch}): SGD head F={result.sgd_loss:.6f}, "
+                f"optimum F={result.refit_loss:.6f} (gap {result.gap:.2e}, ‖∇F‖={result.grad_norm:.1e}, "
+                f"{result.iterations} L-BFGS iterations, kept {result.kept})"
             )
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            result = self.refit(pl_module, trainer.datamodule, epoch=trainer.current_epoch)
+            result = self.refit(pl_module, getattr(trainer, "datamodule", None), epoch=trainer.current_epoch)
             self._report(trainer, pl_module, result, log=True)
 
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         last = trainer.current_epoch - 1
         if self.results and self.results[-1].epoch == last:
             return
-        result = self.refit(pl_module, trainer.datamodule, epoch=last)
+        result = self.refit(pl_module, getattr(trainer, "datamodule", None), epoch=last)
         self._report(trainer, pl_module, result, log=False)

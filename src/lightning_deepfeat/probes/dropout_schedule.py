@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
+from typing import Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
+from typing_extensions import override
+
+from lightning_deepfeat.validation import check_choice, check_dropout, check_each, check_int, check_ints, fail
 
 #: the dropout layers a schedule can drive (torch's public classes)
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+DropoutLayer = nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout | nn.FeatureAlphaDropout
 
-_SCHEDULES = ("constant", "linear", "step")
+Schedule = Literal["constant", "linear", "step"]
 
 
 class DropoutSchedule(Callback):
@@ -39,7 +45,7 @@ class DropoutSchedule(Callback):
 
     def __init__(
         self,
-        schedule: str = "constant",
+        schedule: Schedule = "constant",
         start: float = 0.5,
         end: float | None = None,
         milestones: Sequence[int] = (),
@@ -48,32 +54,29 @@ class DropoutSchedule(Callback):
         modules: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if schedule not in _SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {_SCHEDULES}, got {schedule!r}.")
-        for name, value in (("start", start), ("end", end)):
-            if value is None and name == "end":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be a dropout probability in [0, 1), got {value!r}.")
-        if isinstance(milestones, (str, bytes)) or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones):
-            raise ValueError(f"`milestones` must be a list of epoch indices (ints >= 0), got {milestones!r}.")
-        if list(milestones) != sorted(milestones):
-            raise ValueError(f"`milestones` must be increasing, got {list(milestones)!r}.")
-        if schedule == "step" and not milestones:
-            raise ValueError("`milestones` must name at least one epoch for schedule='step', got [].")
-        if schedule in ("linear", "step") and end is None and values is None:
-            raise ValueError(f"`end` is required for schedule={schedule!r} (the final dropout probability), got None.")
+        self.schedule: Schedule = check_choice("schedule", schedule, Schedule)
+        self.start = check_dropout("start", start)
+        self.end = None if end is None else check_dropout("end", end)
+        self.milestones = list(check_ints("milestones", milestones, low=0, hint="epoch indices"))
+        if self.milestones != sorted(self.milestones):
+            raise fail("milestones", "increasing epoch indices", list(milestones))
+        if schedule == "step" and not self.milestones:
+            raise fail("milestones", "a non-empty list of epochs for schedule='step'", list(milestones))
+        if end is None and (schedule == "linear" or (schedule == "step" and values is None)):
+            raise fail("end", f"a dropout probability for schedule={schedule!r}", end, hint="the final probability")
         if values is not None:
-            if len(values) != len(milestones) or not all(isinstance(v, (int, float)) and 0.0 <= v < 1.0 for v in values):
-                raise ValueError(f"`values` must hold one probability in [0, 1) per milestone ({len(milestones)}), got {values!r}.")
-        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-            raise ValueError(f"`epochs` must be an int >= 1 or None (use trainer.max_epochs), got {epochs!r}.")
-        self.schedule = schedule
-        self.start = float(start)
-        self.end = float(end) if end is not None else None
-        self.milestones = list(milestones)
-        self.values = [float(v) for v in values] if values is not None else ([self.end] * len(self.milestones) if self.end is not None else [])
-        self.epochs = epochs
+            if not isinstance(values, Sequence) or isinstance(values, str) or len(values) != len(self.milestones):
+                raise fail("values", f"one dropout probability per milestone ({len(self.milestones)})", values)
+            self.values = check_each("values", values, check_dropout)
+        else:
+            self.values = [self.end] * len(self.milestones) if self.end is not None else []
+        self.epochs = check_int("epochs", epochs, low=1, allow_none=True, hint="None: trainer.max_epochs")
+        if modules is not None and (
+            isinstance(modules, str)
+            or not isinstance(modules, Sequence)
+            or not all(isinstance(m, str) and m for m in modules)
+        ):
+            raise fail("modules", "a list of non-empty fnmatch patterns over module names or None", modules)
         self.modules = list(modules) if modules else None
         self.history: list[tuple[int, float]] = []
 
@@ -84,24 +87,24 @@ class DropoutSchedule(Callback):
         if self.schedule == "linear":
             total = self.epochs or total_epochs or 1
             frac = 1.0 if total <= 1 else min(epoch / (total - 1), 1.0)
+            assert self.end is not None  # the constructor requires it for "linear"
             return self.start + (self.end - self.start) * frac
         p = self.start
-        for milestone, value in zip(self.milestones, self.values):
+        for milestone, value in zip(self.milestones, self.values, strict=True):
             if epoch >= milestone:
                 p = value
         return p
 
-    def dropouts(self, module: nn.Module) -> list[nn.Module]:
+    def dropouts(self, module: nn.Module) -> list[DropoutLayer]:
         """The dropout modules this schedule drives."""
-        import fnmatch
-
-        found = []
+        found: list[DropoutLayer] = []
         for name, sub in module.named_modules():
             if isinstance(sub, DROPOUT_TYPES):
                 if self.modules is None or any(fnmatch.fnmatchcase(name, pat) for pat in self.modules):
                     found.append(sub)
         return found
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and not self.dropouts(pl_module):
             raise ValueError(
@@ -110,6 +113,7 @@ class DropoutSchedule(Callback):
                 + "; build the net with dropout > 0."
             )
 
+    @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         p = self.probability(trainer.current_epoch, max_epochs)
@@ -117,6 +121,7 @@ class DropoutSchedule(Callback):
             module.p = p
         self.history.append((trainer.current_epoch, p))
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         p = self.history[-1][1] if self.history else self.start
         pl_module.log("dropout_p", p, on_step=False, on_epoch=True)

@@ -7,14 +7,17 @@ import csv
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
 
-from lightning_deepfeat.probes._layers import parameter_layers, split_batches
+from lightning_deepfeat.inspection import frozen, set_requires_grad, split_batches
+from lightning_deepfeat.probes._layers import parameter_layers
+from lightning_deepfeat.validation import check_int
 
 
 @dataclass
@@ -45,7 +48,9 @@ def _first_optimizer(configured: Any) -> Optimizer:
         return _first_optimizer(configured["optimizer"])
     if isinstance(configured, (list, tuple)) and configured:
         return _first_optimizer(configured[0])
-    raise ValueError(f"configure_optimizers returned {type(configured).__name__}; the layer-wise probe needs one optimizer.")
+    raise ValueError(
+        f"configure_optimizers returned {type(configured).__name__}; the layer-wise probe needs one optimizer."
+    )
 
 
 def _train_batches(datamodule: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -69,7 +74,7 @@ def full_train_loss(model: nn.Module, datamodule: Any) -> float:
     model.eval()
     total, count = 0.0, 0
     for x, y in split_batches(datamodule, "train", device=next(model.parameters()).device):
-        total += float(model.compute_loss(model(x), y)) * y.shape[0]
+        total += float(cast(Any, model).compute_loss(model(x), y)) * y.shape[0]
         count += y.shape[0]
     model.train(was)
     return total / max(count, 1)
@@ -108,9 +113,9 @@ def layerwise_probe(
         include_head: add the "head only" run.
         include_all: add the "all layers" run.
         seed: seed of the dropout masks (the same for every run).
+        progress: report each run's losses as it ends (``rank_zero_info``).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an int >= 1 (optimizer steps per layer), got {steps!r}.")
+    check_int("steps", steps, low=1, hint="optimizer steps per layer")
     layers = parameter_layers(model)
     runs = [LayerwiseRun(f"W_{i + 1} ({name})", names) for i, (name, names) in enumerate(layers) if name != "head"]
     if include_head:
@@ -118,39 +123,40 @@ def layerwise_probe(
     if include_all:
         runs.append(LayerwiseRun("all layers", [n for n, _ in model.named_parameters()]))
     initial = copy.deepcopy(model.state_dict())
-    saved_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     device = next(model.parameters()).device
     loss0 = full_train_loss(model, datamodule)
-    try:
-        for run in runs:
-            # every run: the same weights, a fresh optimizer built on *this* module's parameters
+    with frozen(model):  # each run turns on its own parameters; the flags on entry come back at the end
+        try:
+            for run in runs:
+                # every run: the same weights, a fresh optimizer built on *this* module's parameters
+                model.load_state_dict(initial)
+                trainable = set(run.params)
+                set_requires_grad(model, {name: name in trainable for name, _ in model.named_parameters()})
+                model.zero_grad(set_to_none=True)
+                opt = (
+                    optimizer(model.parameters())
+                    if optimizer is not None
+                    else _first_optimizer(cast(Any, model).configure_optimizers())
+                )
+                model.train()
+                torch.manual_seed(seed)
+                batches = _train_batches(datamodule, device)
+                run.loss_before = loss0
+                for _ in range(steps):
+                    x, y = next(batches)
+                    opt.zero_grad(set_to_none=True)
+                    loss = cast(Any, model).compute_loss(model(x), y)
+                    loss.backward()
+                    opt.step()
+                    run.step_losses.append(float(loss.detach()))
+                run.loss_after = full_train_loss(model, datamodule)
+                if progress:
+                    rank_zero_info(f"layerwise: {run.name:<28} loss {run.loss_before:.4f} -> {run.loss_after:.4f}")
+        finally:
             model.load_state_dict(initial)
-            trainable = set(run.params)
-            for name, param in model.named_parameters():
-                param.requires_grad_(name in trainable)
-                param.grad = None
-            opt = optimizer(model.parameters()) if optimizer is not None else _first_optimizer(model.configure_optimizers())
-            model.train()
-            torch.manual_seed(seed)
-            batches = _train_batches(datamodule, device)
-            run.loss_before = loss0
-            for _ in range(steps):
-                x, y = next(batches)
-                opt.zero_grad(set_to_none=True)
-                loss = model.compute_loss(model(x), y)
-                loss.backward()
-                opt.step()
-                run.step_losses.append(float(loss.detach()))
-            run.loss_after = full_train_loss(model, datamodule)
-            if progress:
-                print(f"layerwise: {run.name:<28} loss {run.loss_before:.4f} -> {run.loss_after:.4f}", flush=True)
-    finally:
-        model.load_state_dict(initial)
-        for name, param in model.named_parameters():
-            param.requires_grad_(saved_requires_grad[name])
-            param.grad = None
-        model.train(was_training)
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
     return runs
 
 
@@ -161,7 +167,10 @@ def format_table(runs: Sequence[LayerwiseRun]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
-        lines.append(f"| {r.name} | {len(r.params)} | {r.loss_before:.4f} | {r.loss_after:.4f} | {r.decrease:.4f} | {100 * r.relative_decrease:.1f}% |")
+        lines.append(
+            f"| {r.name} | {len(r.params)} | {r.loss_before:.4f} | {r.loss_after:.4f} | {r.decrease:.4f} "
+            f"| {100 * r.relative_decrease:.1f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -190,12 +199,27 @@ def write_layerwise_outputs(runs: Sequence[LayerwiseRun], out_dir: str, title: s
         w = csv.writer(f)
         w.writerow(["run", "trained_tensors", "loss_before", "loss_after", "decrease", "relative_decrease"])
         for r in runs:
-            w.writerow([r.name, len(r.params), f"{r.loss_before:.6f}", f"{r.loss_after:.6f}", f"{r.decrease:.6f}", f"{r.relative_decrease:.6f}"])
+            w.writerow(
+                [
+                    r.name,
+                    len(r.params),
+                    f"{r.loss_before:.6f}",
+                    f"{r.loss_after:.6f}",
+                    f"{r.decrease:.6f}",
+                    f"{r.relative_decrease:.6f}",
+                ]
+            )
     with open(paths["table"], "w") as f:
         f.write(format_table(runs) + "\n")
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for r in runs:
-        ax.plot(range(1, len(r.step_losses) + 1), r.step_losses, label=r.name, lw=1.2, ls="--" if r.name == "all layers" else "-")
+        ax.plot(
+            range(1, len(r.step_losses) + 1),
+            r.step_losses,
+            label=r.name,
+            lw=1.2,
+            ls="--" if r.name == "all layers" else "-",
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("minibatch training loss")
     ax.set_title(title or "Training only one layer at a time")

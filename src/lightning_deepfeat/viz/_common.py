@@ -18,9 +18,9 @@ def agg_pyplot() -> Any:
     return plt
 
 
-def output_dir(trainer: Any, dirpath: str | None) -> str:
+def output_dir(trainer: Any, dirpath: str | os.PathLike[str] | None) -> str:
     """``dirpath`` or the trainer's ``log_dir`` (``default_root_dir`` without a logger), created."""
-    path = dirpath or getattr(trainer, "log_dir", None) or trainer.default_root_dir
+    path = os.fspath(dirpath or getattr(trainer, "log_dir", None) or trainer.default_root_dir)
     os.makedirs(path, exist_ok=True)
     return path
 
@@ -43,10 +43,17 @@ def save_image_array(image: np.ndarray, path: str, trainer: Any = None, tag: str
     """Save an ``(H, W)`` or ``(H, W, 3)`` array in [0, 1] as a PNG of exactly that many pixels."""
     import matplotlib.image as mpimg
 
-    mpimg.imsave(path, np.clip(image, 0.0, 1.0), cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0, format="png")
+    mpimg.imsave(
+        path, np.clip(image, 0.0, 1.0), cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0, format="png"
+    )
     experiment = _experiment(trainer)
     if experiment is not None and hasattr(experiment, "add_image"):
-        experiment.add_image(tag or os.path.basename(path), image, global_step=trainer.global_step, dataformats="HW" if image.ndim == 2 else "HWC")
+        experiment.add_image(
+            tag or os.path.basename(path),
+            image,
+            global_step=trainer.global_step,
+            dataformats="HW" if image.ndim == 2 else "HWC",
+        )
     return path
 
 
@@ -57,9 +64,3 @@ def _experiment(trainer: Any) -> Any:
         return trainer.logger.experiment
     except Exception:  # loggers without an experiment object
         return None
-
-
-def check_dirpath(dirpath: Any) -> str | None:
-    if dirpath is not None and (not isinstance(dirpath, (str, os.PathLike)) or not str(dirpath)):
-        raise ValueError(f"`dirpath` must be a directory path or None (use trainer.log_dir), got {dirpath!r}.")
-    return None if dirpath is None else str(dirpath)

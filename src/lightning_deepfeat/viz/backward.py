@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from lightning_deepfeat.inspection import frozen, split_batches
+from lightning_deepfeat.validation import check_int, check_ints, check_number
 from lightning_deepfeat.viz._common import agg_pyplot, save_figure
 
 
@@ -31,10 +34,9 @@ def class_model_images(
     weights are not changed. Adam with step ``lr`` for ``steps`` iterations,
     λ = ``l2``. Returns ``(len(classes), *input_shape)``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an int >= 1, got {steps!r}.")
-    if not isinstance(l2, (int, float)) or l2 < 0:
-        raise ValueError(f"`l2` must be a float >= 0 (the λ of λ‖x‖²), got {l2!r}.")
+    check_int("steps", steps, low=1, hint="gradient-ascent steps")
+    check_number("lr", lr, low=0, low_open=True, hint="Adam's step size")
+    l2 = check_number("l2", l2, low=0, hint="the λ of λ‖x‖²")
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -42,43 +44,44 @@ def class_model_images(
     x = (0.01 * torch.randn(len(classes), *input_shape, generator=gen)).to(device).requires_grad_(True)
     target = torch.as_tensor(list(classes), device=device)
     opt = torch.optim.Adam([x], lr=lr)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
     try:
-        for _ in range(steps):
-            opt.zero_grad()
-            scores = model(x).gather(1, target[:, None]).squeeze(1)
-            objective = scores - l2 * x.pow(2).flatten(1).sum(1)
-            (-objective.sum()).backward()
-            opt.step()
+        with frozen(model):  # gradients flow to x only; the weights' flags come back as they were
+            for _ in range(steps):
+                opt.zero_grad()
+                scores = model(x).gather(1, target[:, None]).squeeze(1)
+                objective = scores - l2 * x.pow(2).flatten(1).sum(1)
+                (-objective.sum()).backward()
+                opt.step()
     finally:
-        for p in frozen:
-            p.requires_grad_(True)
         model.train(was)
     return x.detach()
 
 
-def saliency_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def saliency_maps(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Image-specific class saliency M_{ij} = max_channel |∂S_c/∂x_{c',ij}| at the image x.
 
     ``targets`` default to the predicted classes. Returns ``(maps (N, H, W), classes (N,))``.
+    The weights get no gradient (their ``.grad`` stays as it was).
     """
     was = model.training
     model.eval()
     x = images.detach().clone().requires_grad_(True)
     try:
-        scores = model(x)
-        classes = scores.argmax(1) if targets is None else targets.to(scores.device)
-        scores.gather(1, classes[:, None]).sum().backward()
+        with frozen(model):
+            scores = model(x)
+            classes = scores.argmax(1) if targets is None else targets.to(scores.device)
+            scores.gather(1, classes[:, None]).sum().backward()
     finally:
         model.train(was)
+    assert x.grad is not None  # x requires grad and the scores depend on it
     grad = x.grad.abs()
     maps = grad.amax(1) if grad.dim() == 4 else grad
     return maps.detach(), classes.detach()
 
 
-def _show(ax, image: torch.Tensor, cmap: str = "gray") -> None:
+def _show(ax: Any, image: torch.Tensor, cmap: str = "gray") -> None:
     img = image.detach().float().cpu()
     if img.dim() == 3 and img.shape[0] == 3:
         img = img.permute(1, 2, 0)
@@ -108,7 +111,16 @@ def plot_class_models(images: torch.Tensor, names: Sequence[str], path: str, cel
     return save_figure(fig, path, dpi=dpi)
 
 
-def plot_saliency(images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, names: Sequence[str], path: str, cell: float = 1.2, dpi: int = 100) -> str:
+def plot_saliency(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    names: Sequence[str],
+    path: str,
+    cell: float = 1.2,
+    dpi: int = 100,
+) -> str:
     """Two rows: the test images and their saliency maps (``n·cell × 2·cell`` inches)."""
     plt = agg_pyplot()
     n = images.shape[0]
@@ -121,27 +133,36 @@ def plot_saliency(images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor
     return save_figure(fig, path, dpi=dpi)
 
 
-def visualize(model: nn.Module, datamodule, out: str, num_images: int = 8, classes: Sequence[int] | None = None, steps: int = 200, l2: float = 0.05, lr: float = 0.1) -> dict[str, str]:
+def visualize(
+    model: nn.Module,
+    datamodule: Any,
+    out: str,
+    num_images: int = 8,
+    classes: Sequence[int] | None = None,
+    steps: int = 200,
+    l2: float = 0.05,
+    lr: float = 0.1,
+) -> dict[str, str]:
     """Write ``class_models.png`` and ``saliency.png`` for ``model`` into ``out``; returns the paths.
 
     Saliency maps are computed for the first ``num_images`` images of the test split
     (normalised as in training).
     """
-    from lightning_deepfeat.probes._layers import split_batches
-
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= 32:
-        raise ValueError(f"`num_images` must be an int in [1, 32], got {num_images!r}.")
-    num_classes = int(getattr(model, "num_classes"))
-    classes = list(range(num_classes)) if classes is None else list(classes)
-    bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
-    if bad or not classes:
-        raise ValueError(f"`classes` must be class indices in [0, {num_classes}), got {classes!r}.")
+    check_int("num_images", num_images, low=1, high=32, hint="test images with a saliency map")
+    net = cast(Any, model)  # a FeatureClassifier: num_classes, input_shape
+    num_classes = int(net.num_classes)
+    checked = check_ints(
+        "classes", classes, low=0, high=num_classes - 1, non_empty=True, allow_none=True, hint="class indices"
+    )
+    classes = list(range(num_classes)) if checked is None else list(checked)
     names = list(getattr(datamodule, "class_names", None) or [str(i) for i in range(num_classes)])
-    input_shape = tuple(getattr(model, "input_shape"))
+    input_shape = tuple(net.input_shape)
     os.makedirs(out, exist_ok=True)
     paths = {}
     images = class_model_images(model, classes, input_shape, steps=steps, lr=lr, l2=l2)
-    paths["class_models"] = plot_class_models(images, [names[c] for c in classes], os.path.join(out, "class_models.png"))
+    paths["class_models"] = plot_class_models(
+        images, [names[c] for c in classes], os.path.join(out, "class_models.png")
+    )
     datamodule.setup("test")
     x, y = next(split_batches(datamodule, "test", device=next(model.parameters()).device, batch_size=num_images))
     maps, predicted = saliency_maps(model, x)

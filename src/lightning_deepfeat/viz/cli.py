@@ -21,13 +21,21 @@ from lightning_deepfeat.cli.analysis import AnalysisCLI, new_run_dir, positive_i
 class VisualizeCLI(AnalysisCLI):
     """``deepfeat visualize``: the fit config's model and data, plus the picture arguments."""
 
+    result: dict[str, Any]  # set by visualize_main: the paths written
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint whose weights are visualised.")
-        parser.add_argument("--out", type=str | None, default=None,
-                            help="Output directory (default: <run>/visualize of the checkpoint's run).")
+        parser.add_argument(
+            "--out",
+            type=str | None,
+            default=None,
+            help="Output directory (default: <run>/visualize of the checkpoint's run).",
+        )
         parser.add_argument("--num_images", type=int, default=8, help="Test images with a saliency map.")
-        parser.add_argument("--classes", type=list[int] | None, default=None, help="Classes with a class-model image (default: all).")
+        parser.add_argument(
+            "--classes", type=list[int] | None, default=None, help="Classes with a class-model image (default: all)."
+        )
         parser.add_argument("--ascent_steps", type=int, default=200, help="Gradient-ascent steps per class model.")
         parser.add_argument("--l2", type=float, default=0.05, help="λ of the class-model objective S_c(x) − λ‖x‖².")
 
@@ -37,7 +45,7 @@ class VisualizeCLI(AnalysisCLI):
 
 
 def default_out(ckpt_path: str) -> Path:
-    """``<run>/visualize`` when the checkpoint sits in ``<run>/checkpoints/``, else a new ``lightning_logs/visualize/version_<n>``."""
+    """``<run>/visualize`` for a checkpoint in ``<run>/checkpoints/``, else ``lightning_logs/visualize/version_<n>``."""
     folder = Path(ckpt_path).expanduser().resolve().parent
     if folder.name == "checkpoints":
         return folder.parent / "visualize"
@@ -54,8 +62,15 @@ def visualize_main(argv: Sequence[str], **kwargs: Any) -> AnalysisCLI:
     cfg = cli.config
     cli.load_weights(cfg["ckpt_path"])
     out = cfg.get("out") or str(default_out(cfg["ckpt_path"]))
-    paths = visualize(cli.model, cli.datamodule, out, num_images=cfg["num_images"], classes=cfg["classes"],
-                      steps=cfg["ascent_steps"], l2=cfg["l2"])
+    paths = visualize(
+        cli.model,
+        cli.datamodule,
+        out,
+        num_images=cfg["num_images"],
+        classes=cfg["classes"],
+        steps=cfg["ascent_steps"],
+        l2=cfg["l2"],
+    )
     print(f"deepfeat visualize: wrote {', '.join(paths.values())}", flush=True)
     cli.result = {"paths": paths}
     return cli
