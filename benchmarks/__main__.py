@@ -139,10 +139,22 @@ def accuracy(quick: bool) -> dict[str, Any]:
     summary = out["time_to_accuracy"]
     if "final_test_acc" in summary:
         minutes = summary.get("minutes_to", {})
-        label = "digits, 5 epochs (quick smoke, not Fashion-MNIST)" if quick else "FeatureClassifier, configs/fashion_mnist.yaml"
-        rows.append({"method": label, "test_acc": summary["final_test_acc"], "minutes": summary["wall_minutes"],
-                     "to_90": minutes.get("90.0%"), "to_92": minutes.get("92.0%"), "to_93": minutes.get("93.0%"),
-                     "source": "measured here"})
+        label = (
+            "digits, 5 epochs (quick smoke, not Fashion-MNIST)"
+            if quick
+            else "FeatureClassifier, configs/fashion_mnist.yaml"
+        )
+        rows.append(
+            {
+                "method": label,
+                "test_acc": summary["final_test_acc"],
+                "minutes": summary["wall_minutes"],
+                "to_90": minutes.get("90.0%"),
+                "to_92": minutes.get("92.0%"),
+                "to_93": minutes.get("93.0%"),
+                "source": "measured here",
+            }
+        )
     logreg = logistic_regression(quick)
     out["logistic_regression"] = logreg
     if logreg is not None:
@@ -151,13 +163,29 @@ def accuracy(quick: bool) -> dict[str, Any]:
     out["rows"] = rows
     out["published"] = PUBLISHED
     print(header("Fashion-MNIST test accuracy: ours, logistic regression on pixels, published"))
-    print(table(rows, [("method", "method"), ("test_acc", "test accuracy"), ("minutes", "wall minutes (this CPU)"),
-                       ("to_90", "min to 90%"), ("to_92", "min to 92%"), ("to_93", "min to 93%"), ("source", "source")]))
+    print(
+        table(
+            rows,
+            [
+                ("method", "method"),
+                ("test_acc", "test accuracy"),
+                ("minutes", "wall minutes (this CPU)"),
+                ("to_90", "min to 90%"),
+                ("to_92", "min to 92%"),
+                ("to_93", "min to 93%"),
+                ("source", "source"),
+            ],
+        )
+    )
     if quick:
-        print("(quick mode: the Fashion-MNIST time-to-accuracy row comes from the full run, `python -m benchmarks --only accuracy`)")
+        print(
+            "(quick mode: the Fashion-MNIST time-to-accuracy row comes from the full run, `python -m benchmarks --only accuracy`)"
+        )
     elif "final_test_acc" in summary:
         acc = summary["final_test_acc"]
-        print(f"target: final test accuracy >= {ACCURACY_TARGET:.1%}: {'met' if acc >= ACCURACY_TARGET else 'NOT met'} ({acc:.2%})")
+        print(
+            f"target: final test accuracy >= {ACCURACY_TARGET:.1%}: {'met' if acc >= ACCURACY_TARGET else 'NOT met'} ({acc:.2%})"
+        )
     return out
 
 
@@ -184,13 +212,20 @@ def parse_only(value: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="the CI smoke run (< 3 minutes)")
     parser.add_argument("--only", type=parse_only, default=list(ALL), help=f"comma-separated subset of {','.join(ALL)}")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the results (default {DEFAULT_JSON})")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: 1 with --quick, torch's default otherwise)")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"where to write the results (default {DEFAULT_JSON})"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: 1 with --quick, torch's default otherwise)",
+    )
     args = parser.parse_args(argv)
     threads = args.threads if args.threads else (1 if args.quick else None)
     if threads:
@@ -200,10 +235,18 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     print(f"# lightning_deepfeat benchmarks ({'quick' if args.quick else 'full'})")
-    print(f"machine: {info['cpu']}, nproc {info['nproc']}, torch {info['torch']} on {info['torch_threads']} threads, "
-          f"lightning {info.get('lightning')}, python {info['python']}, load average {info.get('load_average')}")
-    results: dict[str, Any] = {"quick": args.quick, "threads": torch.get_num_threads(), "machine": info,
-                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "benchmarks": {}, "seconds": {}}
+    print(
+        f"machine: {info['cpu']}, nproc {info['nproc']}, torch {info['torch']} on {info['torch_threads']} threads, "
+        f"lightning {info.get('lightning')}, python {info['python']}, load average {info.get('load_average')}"
+    )
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "threads": torch.get_num_threads(),
+        "machine": info,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "benchmarks": {},
+        "seconds": {},
+    }
     failed = []
     start = time.perf_counter()
     for name in ALL:
@@ -223,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2, default=str)
-    print(f"\n{', '.join(f'{k} {v:.0f} s' for k, v in results['seconds'].items())}; "
-          f"total {results['total_seconds']:.0f} s; results written to {args.json}")
+    print(
+        f"\n{', '.join(f'{k} {v:.0f} s' for k, v in results['seconds'].items())}; "
+        f"total {results['total_seconds']:.0f} s; results written to {args.json}"
+    )
     if failed:
         print(f"FAILED: {', '.join(failed)}")
         return 1

@@ -41,7 +41,9 @@ def spread(values: Sequence[float]) -> float:
     return (max(values) - min(values)) / (2 * m) if m else float("nan")
 
 
-def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, number: int = 1, clock: Clock = now) -> list[float]:
+def time_call(
+    fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, number: int = 1, clock: Clock = now
+) -> list[float]:
     """Seconds per call of ``fn``: ``warmup`` untimed calls, then ``repeats`` timings of ``number`` calls each.
 
     ``clock`` is the wall clock by default; pass ``time.process_time`` to count only this

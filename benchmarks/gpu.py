@@ -25,8 +25,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,17 +76,26 @@ def check_translate(device: str) -> list[dict[str, Any]]:
                 dy, dx = RandomTranslate(4).sample_offsets(64, generator)
                 ref = translate(x, dy, dx, padding_mode=mode)
                 out = translate(x.to(device), dy.to(device), dx.to(device), padding_mode=mode)
-                rows.append({
-                    "check": "translate", "dtype": str(dtype).split(".")[-1], "padding": mode,
-                    "channels_last": channels_last,
-                    "equal_to_cpu": bool(torch.equal(out.cpu(), ref)),
-                    "layout_kept": out.is_contiguous(memory_format=torch.channels_last) == channels_last or not channels_last,
-                })
+                rows.append(
+                    {
+                        "check": "translate",
+                        "dtype": str(dtype).split(".")[-1],
+                        "padding": mode,
+                        "channels_last": channels_last,
+                        "equal_to_cpu": bool(torch.equal(out.cpu(), ref)),
+                        "layout_kept": out.is_contiguous(memory_format=torch.channels_last) == channels_last
+                        or not channels_last,
+                    }
+                )
     return rows
 
 
-def _fit(model: pl.LightningModule, device: str, callbacks: list[Callback], precision: str | None = None, **kwargs: Any) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator=_accelerator(device), devices=1, callbacks=callbacks, precision=precision, **QUIET, **kwargs)
+def _fit(
+    model: pl.LightningModule, device: str, callbacks: list[Callback], precision: str | None = None, **kwargs: Any
+) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator=_accelerator(device), devices=1, callbacks=callbacks, precision=precision, **QUIET, **kwargs
+    )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
     return trainer
 
@@ -112,9 +122,18 @@ def check_max_norm(device: str, steps: int) -> dict[str, Any]:
     exact_rows = bool(torch.equal(projected[under], w[under]))
     renorm_gap = float((projected - torch.renorm(w, 2, 0, 3.0)).abs().max())
     moved = any(not torch.equal(before[n], p.detach().cpu()) for n, p in model.named_parameters())
-    return {"check": "max_norm", "precision": precision or "32", "steps": steps, "c": c, "units": constrained,
-            "max_unit_norm": worst, "bound_holds": worst <= c * (1 + 1e-6), "weights_moved": moved,
-            "under_bound_rows_bit_identical": exact_rows, "max_abs_diff_vs_renorm": renorm_gap}
+    return {
+        "check": "max_norm",
+        "precision": precision or "32",
+        "steps": steps,
+        "c": c,
+        "units": constrained,
+        "max_unit_norm": worst,
+        "bound_holds": worst <= c * (1 + 1e-6),
+        "weights_moved": moved,
+        "under_bound_rows_bit_identical": exact_rows,
+        "max_abs_diff_vs_renorm": renorm_gap,
+    }
 
 
 class _LRRecorder(Callback):
@@ -133,21 +152,34 @@ def check_plateau(device: str) -> dict[str, Any]:
     plateau = DivideLROnPlateau(monitor="train_error", patience=0, threshold=1.0, threshold_mode="abs")
     _fit(model, device, [plateau, recorder], max_epochs=3, limit_train_batches=3, limit_val_batches=0)
     expected = [0.01, 0.01 / 10, 0.01 / 100]  # the first epoch sets the best value; each later one drops
-    return {"check": "plateau", "lrs": recorder.lrs, "expected": expected,
-            "exact": len(recorder.lrs) == 3 and all(abs(a - b) <= 1e-12 * b for a, b in zip(recorder.lrs, expected))}
+    return {
+        "check": "plateau",
+        "lrs": recorder.lrs,
+        "expected": expected,
+        "exact": len(recorder.lrs) == 3 and all(abs(a - b) <= 1e-12 * b for a, b in zip(recorder.lrs, expected)),
+    }
 
 
 def check_fsdp(device: str) -> list[dict[str, Any]]:
     if device != "cuda":
         return [{"check": "fsdp", "case": "skipped", "outcome": "FSDPStrategy needs a GPU"}]
     rows = []
-    for case, callbacks in (("model + DivideLROnPlateau", lambda: [DivideLROnPlateau(monitor="train_error")]),
-                            ("model + MaxNormConstraint", lambda: [MaxNormConstraint(max_norm=3.0)])):
+    for case, callbacks in (
+        ("model + DivideLROnPlateau", lambda: [DivideLROnPlateau(monitor="train_error")]),
+        ("model + MaxNormConstraint", lambda: [MaxNormConstraint(max_norm=3.0)]),
+    ):
         pl.seed_everything(0)
         model = FeatureClassifier(ConvNet(channels=(8,), hidden=(16,)), input_shape=(1, 8, 8))
         try:
-            trainer = pl.Trainer(accelerator="gpu", devices=1, strategy="fsdp", max_steps=5, limit_val_batches=0,
-                                 callbacks=callbacks(), **QUIET)
+            trainer = pl.Trainer(
+                accelerator="gpu",
+                devices=1,
+                strategy="fsdp",
+                max_steps=5,
+                limit_val_batches=0,
+                callbacks=callbacks(),
+                **QUIET,
+            )
             trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
             outcome = f"ran {trainer.global_step} steps"
         except Exception as err:  # the refusal message is the result
@@ -193,12 +225,16 @@ class StepTimer(Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == self.warmup:
             self._sync(pl_module)
             self.start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.start is not None:
             self.images += batch[1].shape[0]
 
@@ -210,13 +246,24 @@ class StepTimer(Callback):
 
 def throughput(device: str, quick: bool) -> list[dict[str, Any]]:
     cases: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], int]] = [
-        ("ConvNet 1x28x28 (fashion_mnist.yaml net)", lambda: ConvNet(channels=(32, 64, 128), hidden=(256,)), (1, 28, 28), 512),
+        (
+            "ConvNet 1x28x28 (fashion_mnist.yaml net)",
+            lambda: ConvNet(channels=(32, 64, 128), hidden=(256,)),
+            (1, 28, 28),
+            512,
+        ),
         ("AlexNet 3x224x224 (width 1)", lambda: AlexNet(), (3, 224, 224), 256),
     ]
     if quick:
-        cases = [("ConvNet 1x28x28", lambda: ConvNet(channels=(8, 16), hidden=(32,)), (1, 28, 28), 64),
-                 ("AlexNet 3x64x64 (width 0.125)", lambda: AlexNet(width=0.125, hidden=64), (3, 64, 64), 16)]
-    modes = [("fp32", "32-true", False), ("bf16-mixed", "bf16-mixed", False), ("bf16-mixed + channels_last", "bf16-mixed", True)]
+        cases = [
+            ("ConvNet 1x28x28", lambda: ConvNet(channels=(8, 16), hidden=(32,)), (1, 28, 28), 64),
+            ("AlexNet 3x64x64 (width 0.125)", lambda: AlexNet(width=0.125, hidden=64), (3, 64, 64), 16),
+        ]
+    modes = [
+        ("fp32", "32-true", False),
+        ("bf16-mixed", "bf16-mixed", False),
+        ("bf16-mixed + channels_last", "bf16-mixed", True),
+    ]
     if device != "cuda":
         modes = modes[:1] + modes[2:] if not quick else modes[:1]
     warmup, steps = (2, 3) if quick else (10, 40)
@@ -224,13 +271,22 @@ def throughput(device: str, quick: bool) -> list[dict[str, Any]]:
     for name, make, shape, batch in cases:
         for mode, precision, channels_last in modes:
             pl.seed_everything(0)
-            model = FeatureClassifier(make(), input_shape=shape, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
+            model = FeatureClassifier(
+                make(), input_shape=shape, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
+            )
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
             timer = StepTimer(warmup)
             dm = SyntheticDataModule(shape, n=batch * (warmup + steps), channels_last=channels_last, batch_size=batch)
-            trainer = pl.Trainer(accelerator=_accelerator(device), devices=1, precision=precision, max_steps=warmup + steps,
-                                 limit_val_batches=0, callbacks=[timer], **QUIET)
+            trainer = pl.Trainer(
+                accelerator=_accelerator(device),
+                devices=1,
+                precision=precision,
+                max_steps=warmup + steps,
+                limit_val_batches=0,
+                callbacks=[timer],
+                **QUIET,
+            )
             trainer.fit(model, datamodule=dm)
             rate = timer.images / timer.seconds if timer.seconds else float("nan")
             rows.append({"model": name, "mode": mode, "batch": batch, "images_per_s": rate})
@@ -239,7 +295,9 @@ def throughput(device: str, quick: bool) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- 3. time to accuracy
-def fashion_time_to_accuracy(device: str, data_root: str | None, config: str, extra: list[str]) -> dict[str, Any] | None:
+def fashion_time_to_accuracy(
+    device: str, data_root: str | None, config: str, extra: list[str]
+) -> dict[str, Any] | None:
     from benchmarks.time_to_accuracy import run as run_tta
 
     root = data_root or os.environ.get("DEEPFEAT_DATA")
@@ -269,7 +327,10 @@ def main() -> None:
     report: dict[str, Any] = {"device": args.device, "torch": torch.__version__, "lightning": pl.__version__}
     if args.device == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)
-    print(f"# benchmarks/gpu.py on {report.get('gpu', 'CPU')} (torch {torch.__version__}, lightning {pl.__version__})", flush=True)
+    print(
+        f"# benchmarks/gpu.py on {report.get('gpu', 'CPU')} (torch {torch.__version__}, lightning {pl.__version__})",
+        flush=True,
+    )
     start = time.perf_counter()
 
     def section(name: str, fn: Callable[[], Any]) -> Any:

@@ -57,7 +57,10 @@ def nets() -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]]:
     return {
         "Fashion ConvNet 1x28x28": (lambda: ConvNet(channels=(32, 64), hidden=(256,)), (1, 28, 28), 128),
         "AlexNet(w=0.25, fc 1024) 3x64x64": (
-            lambda: AlexNet(in_channels=3, width=0.25, hidden=1024, stem_kernel=5, stem_stride=2), (3, 64, 64), 64),
+            lambda: AlexNet(in_channels=3, width=0.25, hidden=1024, stem_kernel=5, stem_stride=2),
+            (3, 64, 64),
+            64,
+        ),
     }
 
 
@@ -69,12 +72,16 @@ class _FakeTrainer:
 
 
 def constrained_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d)) and not name.startswith("head")]
+    return [
+        m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not name.startswith("head")
+    ]
 
 
-def measure_net(name: str, factory: Callable[[], nn.Module], shape: tuple[int, ...], batch: int,
-                steps: int, rounds: int) -> dict[str, Any]:
+def measure_net(
+    name: str, factory: Callable[[], nn.Module], shape: tuple[int, ...], batch: int, steps: int, rounds: int
+) -> dict[str, Any]:
     from lightning_deepfeat.callbacks import MaxNormConstraint
     from lightning_deepfeat.models import FeatureClassifier
 
@@ -161,8 +168,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     steps, rounds = (4, 3) if quick else (10, 7)
     start = time.perf_counter()
     results = [measure_net(name, f, shape, batch, steps, rounds) for name, (f, shape, batch) in nets().items()]
-    out = {"max_norm": MAX_NORM, "target_pct": 100 * TARGET, "nets": results,
-           "wall_seconds": time.perf_counter() - start}
+    out = {
+        "max_norm": MAX_NORM,
+        "target_pct": 100 * TARGET,
+        "nets": results,
+        "wall_seconds": time.perf_counter() - start,
+    }
     print_table(out)
     return out
 
@@ -170,17 +181,31 @@ def run(quick: bool = False) -> dict[str, Any]:
 def print_table(out: dict[str, Any]) -> None:
     print(header("Max-norm cost: step time with and without the constraint"))
     for net in out["nets"]:
-        print(f"{net['net']}: batch {net['batch_size']}, {net['params'] / 1e6:.2f} M parameters "
-              f"({net['constrained_params'] / 1e6:.2f} M constrained), {net['rounds']} interleaved rounds x "
-              f"{net['steps_per_round']} steps per variant")
+        print(
+            f"{net['net']}: batch {net['batch_size']}, {net['params'] / 1e6:.2f} M parameters "
+            f"({net['constrained_params'] / 1e6:.2f} M constrained), {net['rounds']} interleaved rounds x "
+            f"{net['steps_per_round']} steps per variant"
+        )
     rows = [r for net in out["nets"] for r in net["rows"]]
-    print(table(rows, [("net", "net"), ("variant", "after each step"), ("step_ms", "CPU ms/step (median)"),
-                       ("ab_overhead_pct", "A/B overhead %"), ("projection_ms", "projection ms"),
-                       ("direct_overhead_pct", "direct overhead %")]))
+    print(
+        table(
+            rows,
+            [
+                ("net", "net"),
+                ("variant", "after each step"),
+                ("step_ms", "CPU ms/step (median)"),
+                ("ab_overhead_pct", "A/B overhead %"),
+                ("projection_ms", "projection ms"),
+                ("direct_overhead_pct", "direct overhead %"),
+            ],
+        )
+    )
     ours = [r for r in rows if r["variant"] == "MaxNormConstraint"]
     worst = max(r["direct_overhead_pct"] for r in ours)
-    print(f"target: MaxNormConstraint <= {out['target_pct']:.0f}% extra per step (direct): "
-          f"{'met' if worst <= out['target_pct'] else 'NOT met'} (worst {worst:.2f}%)")
+    print(
+        f"target: MaxNormConstraint <= {out['target_pct']:.0f}% extra per step (direct): "
+        f"{'met' if worst <= out['target_pct'] else 'NOT met'} (worst {worst:.2f}%)"
+    )
 
 
 def main() -> None:

@@ -196,8 +196,12 @@ class Bench:
             enable_progress_bar=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            callbacks=[DivideLROnPlateau(monitor="train_error", verbose=False), MaxNormConstraint(max_norm=MAX_NORM),
-                       self.pl_clock.callback, *(extra_callbacks or [])],
+            callbacks=[
+                DivideLROnPlateau(monitor="train_error", verbose=False),
+                MaxNormConstraint(max_norm=MAX_NORM),
+                self.pl_clock.callback,
+                *(extra_callbacks or []),
+            ],
             **kwargs,
         )
 
@@ -217,8 +221,11 @@ class Bench:
         model.train()
         opt = sgd(model.parameters())
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=10)
-        constrained = [m.weight for name, m in model.named_modules()
-                       if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.startswith("head")]
+        constrained = [
+            m.weight
+            for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.startswith("head")
+        ]
         with torch.no_grad():
             for w in constrained:
                 w.renorm_(2, 0, MAX_NORM)
@@ -267,8 +274,11 @@ class Bench:
 
             return run
 
-        interleave({"lightning": record("lightning", self.lightning_chunk), "hand": record("hand", self.hand_chunk)},
-                   rounds=rounds, warmup_rounds=1)
+        interleave(
+            {"lightning": record("lightning", self.lightning_chunk), "hand": record("hand", self.hand_chunk)},
+            rounds=rounds,
+            warmup_rounds=1,
+        )
         for d in seconds.values():  # drop the warm-up round
             for k in d:
                 del d[k][0]
@@ -277,16 +287,18 @@ class Bench:
         rows = []
         for kind, d in seconds.items():
             ratios = paired_ratios(d["hand"], d["lightning"])  # time_hand / time_pl = ips_pl / ips_hand
-            rows.append({
-                "measure": kind,
-                "lightning_ips": ips / median(d["lightning"]),
-                "hand_ips": ips / median(d["hand"]),
-                "ratio": median(ratios),
-                "ratio_min": min(ratios),
-                "ratio_max": max(ratios),
-                "overhead_ms": 1e3 * median([(a - b) / steps for a, b in zip(d["lightning"], d["hand"])]),
-                "hand_step_ms": 1e3 * median(d["hand"]) / steps,
-            })
+            rows.append(
+                {
+                    "measure": kind,
+                    "lightning_ips": ips / median(d["lightning"]),
+                    "hand_ips": ips / median(d["hand"]),
+                    "ratio": median(ratios),
+                    "ratio_min": min(ratios),
+                    "ratio_max": max(ratios),
+                    "overhead_ms": 1e3 * median([(a - b) / steps for a, b in zip(d["lightning"], d["hand"])]),
+                    "hand_step_ms": 1e3 * median(d["hand"]) / steps,
+                }
+            )
         return {
             "dataset": self.dataset,
             "input_shape": list(self.input_shape),
@@ -318,21 +330,37 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     print(header("Overhead: Lightning (FeatureClassifier + callbacks + data module) vs a hand-written loop"))
-    print(f"{result['dataset']} {tuple(result['input_shape'])}, batch {result['batch_size']}, ConvNet(32, 64 | 256), "
-          f"translate 2 + hflip, max-norm 3, SGD; {result['rounds']} interleaved rounds of {result['epochs_per_chunk']} "
-          f"epochs x {result['steps_per_epoch']} steps per side; torch threads {result['threads']}; validation off on both sides; "
-          f"same initial weights: {result['same_init']}")
-    print(table(result["rows"], [("measure", "measure"), ("lightning_ips", "Lightning img/s"), ("hand_ips", "hand img/s"),
-                                 ("ratio", "ratio (median of rounds)"), ("ratio_min", "min"), ("ratio_max", "max"),
-                                 ("hand_step_ms", "hand ms/step"), ("overhead_ms", "Lightning extra ms/step")]))
+    print(
+        f"{result['dataset']} {tuple(result['input_shape'])}, batch {result['batch_size']}, ConvNet(32, 64 | 256), "
+        f"translate 2 + hflip, max-norm 3, SGD; {result['rounds']} interleaved rounds of {result['epochs_per_chunk']} "
+        f"epochs x {result['steps_per_epoch']} steps per side; torch threads {result['threads']}; validation off on both sides; "
+        f"same initial weights: {result['same_init']}"
+    )
+    print(
+        table(
+            result["rows"],
+            [
+                ("measure", "measure"),
+                ("lightning_ips", "Lightning img/s"),
+                ("hand_ips", "hand img/s"),
+                ("ratio", "ratio (median of rounds)"),
+                ("ratio_min", "min"),
+                ("ratio_max", "max"),
+                ("hand_step_ms", "hand ms/step"),
+                ("overhead_ms", "Lightning extra ms/step"),
+            ],
+        )
+    )
     by = {r["measure"]: r["ratio"] for r in result["rows"]}
-    print(f"target: ratio >= {TARGET}: steady wall {'met' if by['steady wall'] >= TARGET else 'NOT met'} "
-          f"({by['steady wall']:.3f}); steady CPU {'met' if by['steady CPU'] >= TARGET else 'NOT met'} "
-          f"({by['steady CPU']:.3f})")
+    print(
+        f"target: ratio >= {TARGET}: steady wall {'met' if by['steady wall'] >= TARGET else 'NOT met'} "
+        f"({by['steady wall']:.3f}); steady CPU {'met' if by['steady CPU'] >= TARGET else 'NOT met'} "
+        f"({by['steady CPU']:.3f})"
+    )
 
 
 def profile(steps: int = 60, top: int = 30) -> None:
-    """cProfile one Lightning chunk (after a warm-up chunk) and print the costliest functions."""
+    """CProfile one Lightning chunk (after a warm-up chunk) and print the costliest functions."""
     import cProfile
     import pstats
 
@@ -344,7 +372,9 @@ def profile(steps: int = 60, top: int = 30) -> None:
         prof.enable()
         fn()
         prof.disable()
-        print(f"\n==== {name}: {bench.last[name][0]:.2f} s steady, {bench.last[name][1]:.2f} s total for {bench.steps} steps")
+        print(
+            f"\n==== {name}: {bench.last[name][0]:.2f} s steady, {bench.last[name][1]:.2f} s total for {bench.steps} steps"
+        )
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(top)
 

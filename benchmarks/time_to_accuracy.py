@@ -58,13 +58,18 @@ class TestAccuracyClock(Callback):
                 x = images[start : start + self.eval_batch_size].to(pl_module.device, non_blocking=True)
                 y = labels[start : start + self.eval_batch_size].to(pl_module.device, non_blocking=True)
                 x = dm.prepare_eval_batch(x) if hasattr(dm, "prepare_eval_batch") else dm.normalize(x)
-                with torch.autocast(pl_module.device.type, dtype=torch.bfloat16, enabled=pl_module.device.type == "cuda"):
+                with torch.autocast(
+                    pl_module.device.type, dtype=torch.bfloat16, enabled=pl_module.device.type == "cuda"
+                ):
                     correct += int((pl_module(x).argmax(1) == y).sum())
         pl_module.train(was_training)
         acc = correct / labels.shape[0]
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         self.history.append({"epoch": trainer.current_epoch, "seconds": self._elapsed, "test_acc": acc, "lr": lr})
-        print(f"[time-to-accuracy] epoch {trainer.current_epoch:3d}  {self._elapsed / 60:7.2f} min  test_acc {acc:.4f}  lr {lr:.2e}", flush=True)
+        print(
+            f"[time-to-accuracy] epoch {trainer.current_epoch:3d}  {self._elapsed / 60:7.2f} min  test_acc {acc:.4f}  lr {lr:.2e}",
+            flush=True,
+        )
 
 
 def minutes_to(history: list[dict[str, float]], threshold: float) -> float | None:
@@ -80,8 +85,15 @@ def run(config: str, device: str = "cpu", extra: list[str] | None = None) -> dic
     from lightning_deepfeat.cli import main
 
     clock = TestAccuracyClock()
-    args = ["fit", "--config", config, f"--trainer.accelerator={device}", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", *(extra or [])]
+    args = [
+        "fit",
+        "--config",
+        config,
+        f"--trainer.accelerator={device}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *(extra or []),
+    ]
     start = time.perf_counter()
     cli = main(args, trainer_defaults={"callbacks": [clock]})
     wall = time.perf_counter() - start
@@ -104,8 +116,10 @@ def run(config: str, device: str = "cpu", extra: list[str] | None = None) -> dic
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(f"\nTime to accuracy: {summary['config']} on {summary['device']} ({summary['threads']} threads), "
-          f"{summary['params'] / 1e6:.2f} M parameters, {summary['epochs']} epochs, {summary['wall_minutes']:.1f} min wall")
+    print(
+        f"\nTime to accuracy: {summary['config']} on {summary['device']} ({summary['threads']} threads), "
+        f"{summary['params'] / 1e6:.2f} M parameters, {summary['epochs']} epochs, {summary['wall_minutes']:.1f} min wall"
+    )
     print("| target | minutes |")
     print("|---|---|")
     for target, minutes in summary["minutes_to"].items():

@@ -88,7 +88,9 @@ def _median_rate(fn: Any, images_per_call: int, repeats: int) -> float:
     return images_per_call / statistics.median(times)
 
 
-def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift: int, batch: int, quick: bool) -> list[dict[str, Any]]:
+def _case_rows(
+    name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift: int, batch: int, quick: bool
+) -> list[dict[str, Any]]:
     from torchvision.transforms import v2
 
     batches = 4 if quick else 16
@@ -102,7 +104,9 @@ def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift
     augmentation = {"translate": shift} if shift else {"crop_size": out_hw}
     modules = {}
     for on_device in (True, False):
-        dm = modules[on_device] = _Synthetic(images, labels, batch_size=batch, seed=0, gather_on_device=on_device, **augmentation)
+        dm = modules[on_device] = _Synthetic(
+            images, labels, batch_size=batch, seed=0, gather_on_device=on_device, **augmentation
+        )
         dm.setup("fit")
     fused, plain = modules[True], modules[False]
     # the batches a Trainer given `datamodule=` gets (device_side), finished as on_after_batch_transfer does
@@ -130,8 +134,13 @@ def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift
 
     tv = v2.RandomCrop(out_hw, padding=shift) if shift else v2.RandomCrop(out_hw)
     for workers in (0, 2):
-        dl = DataLoader(_PerSample(images, labels, tv), batch_size=batch, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0)
+        dl = DataLoader(
+            _PerSample(images, labels, tv),
+            batch_size=batch,
+            shuffle=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
         def per_sample(dl: DataLoader = dl) -> None:
             for _ in dl:
@@ -188,15 +197,19 @@ def _case_rows(name: str, shape: tuple[int, ...], out_hw: tuple[int, int], shift
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'case':<12} {'batch':>5}  {'method':<62} {'img/s':>11} {'MB/s':>9} {'× 0-worker':>10} "
-            f"{'× best per-sample':>17}  note")
+    head = (
+        f"{'case':<12} {'batch':>5}  {'method':<62} {'img/s':>11} {'MB/s':>9} {'× 0-worker':>10} "
+        f"{'× best per-sample':>17}  note"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         rate = f"{r['images_per_s']:,.0f}" if r["images_per_s"] else "-"
         mbps = f"{r['bytes_per_s'] / 1e6:,.0f}" if r.get("bytes_per_s") else ""
         ratio = f"{r['vs_per_sample']:.1f}" if r.get("vs_per_sample") else "-"
         best = f"{r['vs_best_per_sample']:.1f}" if r.get("vs_best_per_sample") else "-"
-        lines.append(f"{r['case']:<12} {r['batch']:>5}  {r['method']:<62} {rate:>11} {mbps:>9} {ratio:>10} {best:>17}  {r['note']}")
+        lines.append(
+            f"{r['case']:<12} {r['batch']:>5}  {r['method']:<62} {rate:>11} {mbps:>9} {ratio:>10} {best:>17}  {r['note']}"
+        )
     return "\n".join(lines)
 
 
@@ -217,8 +230,10 @@ def run(quick: bool = False, threads: int | None = 1) -> list[dict[str, Any]]:
             rows += _case_rows(*case, quick=quick)
         for r in rows:
             r["threads"] = torch.get_num_threads()
-        print(f"translation throughput, torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
-              f"{os.cpu_count()} CPUs, {'quick' if quick else 'full'} mode; data in memory -> augmented uint8 batch on CPU")
+        print(
+            f"translation throughput, torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
+            f"{os.cpu_count()} CPUs, {'quick' if quick else 'full'} mode; data in memory -> augmented uint8 batch on CPU"
+        )
         print(format_table(rows))
         return rows
     finally:

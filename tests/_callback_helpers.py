@@ -26,9 +26,17 @@ class ScriptedMetricModule(LightningModule):
     ``step_stream`` instead logs ``step_stream[global_step]`` every training step (``on_step=True``).
     """
 
-    def __init__(self, stream: list[float] | None = None, key: str = "metric", where: str = "train",
-                 rank_offset: float = 0.0, lr: float = 1.0, groups: int = 1, step_stream: list[float] | None = None,
-                 with_scheduler: bool = False) -> None:
+    def __init__(
+        self,
+        stream: list[float] | None = None,
+        key: str = "metric",
+        where: str = "train",
+        rank_offset: float = 0.0,
+        lr: float = 1.0,
+        groups: int = 1,
+        step_stream: list[float] | None = None,
+        with_scheduler: bool = False,
+    ) -> None:
         super().__init__()
         self.stream, self.key, self.where = stream, key, where
         self.rank_offset, self.lr, self.groups = rank_offset, lr, groups
@@ -79,8 +87,14 @@ class LRRecorder(Callback):
 
 def quiet_trainer(**kwargs: Any) -> Trainer:
     defaults: dict[str, Any] = dict(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
     )
     defaults.update(kwargs)
     return Trainer(**defaults)

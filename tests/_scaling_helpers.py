@@ -72,7 +72,9 @@ class SaveFinalState(Callback):
             return
         state = {
             "weights": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
-            "lrs": torch.tensor([float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups], dtype=torch.float64),
+            "lrs": torch.tensor(
+                [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups], dtype=torch.float64
+            ),
             "global_step": torch.tensor(trainer.global_step),
             "metrics": {k: torch.as_tensor(v).detach().cpu().double() for k, v in trainer.callback_metrics.items()},
         }
@@ -109,10 +111,16 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
     """``python -m lightning_deepfeat *args`` in a subprocess; raises with its output on failure."""
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_deepfeat", *args],
-        cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
-        raise AssertionError(f"deepfeat {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"deepfeat {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -156,4 +164,6 @@ class RecordingPlateau(DivideLROnPlateau):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.record and trainer.is_global_zero:
-            torch.save({"values": torch.tensor(self.values, dtype=torch.float64), "state": self.state_dict()}, self.record)
+            torch.save(
+                {"values": torch.tensor(self.values, dtype=torch.float64), "state": self.state_dict()}, self.record
+            )

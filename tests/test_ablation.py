@@ -64,8 +64,19 @@ def _ingredients(cli: DeepFeatCLI) -> dict[str, bool]:
 
 
 FULL = {
-    "dropout": True, "maxnorm": True, "plateau": True, "translate": True, "hflip": True, "relu": True, "tanh": False,
-    "maxpool": True, "avgpool": False, "conv": True, "dense": True, "mlp": False, "train_only_head": False,
+    "dropout": True,
+    "maxnorm": True,
+    "plateau": True,
+    "translate": True,
+    "hflip": True,
+    "relu": True,
+    "tanh": False,
+    "maxpool": True,
+    "avgpool": False,
+    "conv": True,
+    "dense": True,
+    "mlp": False,
+    "train_only_head": False,
 }
 #: what each arm changes with respect to the full recipe, and nothing else
 EXPECTED = {
@@ -80,7 +91,14 @@ EXPECTED = {
     "tanh": {"relu": False, "tanh": True},
     "no_maxpool": {"maxpool": False, "avgpool": True},
     "frozen_features": {"train_only_head": True},
-    "logreg_pixels": {"dropout": False, "maxnorm": False, "relu": False, "maxpool": False, "conv": False, "dense": False},
+    "logreg_pixels": {
+        "dropout": False,
+        "maxnorm": False,
+        "relu": False,
+        "maxpool": False,
+        "conv": False,
+        "dense": False,
+    },
     "mlp": {"dropout": False, "maxnorm": False, "maxpool": False, "conv": False, "mlp": True},
     "mlp_dropout": {"maxnorm": False, "maxpool": False, "conv": False, "mlp": True},
     "mlp_dropout_maxnorm": {"maxpool": False, "conv": False, "mlp": True},
@@ -134,9 +152,16 @@ def test_arm_details(tmp_path):
 @pytest.mark.slow
 def test_frozen_features_trains_only_the_head(tmp_path):
     cli = _instantiate(
-        build_arm(_digits_with_flips(), "frozen_features"), tmp_path,
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-        "--trainer.enable_progress_bar", "false",
+        build_arm(_digits_with_flips(), "frozen_features"),
+        tmp_path,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
     )
     model = cli.model
     train_only = next(c for c in cli.trainer.callbacks if isinstance(c, TrainOnly))
@@ -183,8 +208,12 @@ def test_ablate_digits_writes_outputs_and_skips_finished_runs(tmp_path, monkeypa
     assert [f"{float(r['test_error']):.4f}" for r in rows] == [value for value, _ in fit_lines]
     assert all(Path(ckpt).name.startswith("epoch=0") for _, ckpt in fit_lines)
     # each run is the arm's config, in its own folder
-    assert yaml.safe_load((out / "no_dropout/seed0/config.yaml").read_text())["model"]["init_args"]["features"][
-        "init_args"]["dropout"] == 0.0
+    assert (
+        yaml.safe_load((out / "no_dropout/seed0/config.yaml").read_text())["model"]["init_args"]["features"][
+            "init_args"
+        ]["dropout"]
+        == 0.0
+    )
     assert yaml.safe_load((out / "full/seed0/config.yaml").read_text())["trainer"]["max_epochs"] == 1
     table = (out / "ablation.md").read_text()
     assert "max_epochs=1" in table and "| full |" in table and "| no_dropout |" in table
@@ -220,7 +249,9 @@ def test_ablate_digits_writes_outputs_and_skips_finished_runs(tmp_path, monkeypa
 
 def test_unknown_arm_is_refused_with_the_list(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"'no_dropuot'. Did you mean no_dropout.*The arms are: full, no_dropout, no_maxnorm"):
+    with pytest.raises(
+        ValueError, match=r"'no_dropuot'. Did you mean no_dropout.*The arms are: full, no_dropout, no_maxnorm"
+    ):
         ablate_main(["--config", "digits", "--arms", "full,no_dropuot", "--out", str(out)])
     with pytest.raises(ValueError, match=r"unknown ablation arm 'relu'.*mlp_dropout_maxnorm"):
         build_arm(load_config("digits")[1], "relu")
@@ -263,7 +294,13 @@ def test_arm_that_cannot_apply_names_the_arm(tmp_path):
         with pytest.raises(ValueError, match=rf"arm '{arm}' needs a FeatureClassifier model.*BoringModel"):
             build_arm(other, arm)
     with pytest.raises(ValueError, match=r"arm 'no_flip' .*image data module"):
-        build_arm({"model": config["model"], "data": {"class_path": "lightning.pytorch.demos.boring_classes.BoringDataModule"}}, "no_flip")
+        build_arm(
+            {
+                "model": config["model"],
+                "data": {"class_path": "lightning.pytorch.demos.boring_classes.BoringDataModule"},
+            },
+            "no_flip",
+        )
 
 
 def test_arm_that_changes_nothing_is_refused_or_left_out():

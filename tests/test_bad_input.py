@@ -33,11 +33,22 @@ class _NoStep(Callback):
 
 
 def _fit(model=None, data=None, callbacks=(), **trainer_kwargs):
-    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      callbacks=[*callbacks, _NoStep()], **trainer_kwargs)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[*callbacks, _NoStep()],
+        **trainer_kwargs,
+    )
     try:
-        trainer.fit(model if model is not None else FeatureClassifier(), data if data is not None else DigitsDataModule(batch_size=32))
+        trainer.fit(
+            model if model is not None else FeatureClassifier(),
+            data if data is not None else DigitsDataModule(batch_size=32),
+        )
     finally:
         assert trainer.global_step == 0
 
@@ -55,13 +66,30 @@ def _cli_error(args: list[str]) -> str:
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        pytest.param(lambda: FeatureClassifier(num_classes=1), r"`num_classes` must be an int >= 2.*got 1", id="num_classes=1"),
-        pytest.param(lambda: FeatureClassifier(num_classes="10"), r"`num_classes` must be an int.*got '10'", id="num_classes-str"),
-        pytest.param(lambda: FeatureClassifier(input_shape=(1, 0, 8)), r"`input_shape` must be .*positive ints.*\(1, 0, 8\)", id="input_shape-zero"),
-        pytest.param(lambda: FeatureClassifier(features="ConvNet"), r"`features` must be an nn.Module, got str", id="features-str"),
-        pytest.param(lambda: FeatureClassifier(features=ConvNet(channels=[4], hidden=[8], in_channels=1), input_shape=(3, 8, 8)),
-                     r"`features` \(ConvNet\) failed on a dry run with input_shape=\(3, 8, 8\)", id="features-vs-input_shape"),
-        pytest.param(lambda: FeatureClassifier(optimizer=0.01), r"`optimizer` must be a callable.*got 0.01", id="optimizer-float"),
+        pytest.param(
+            lambda: FeatureClassifier(num_classes=1), r"`num_classes` must be an int >= 2.*got 1", id="num_classes=1"
+        ),
+        pytest.param(
+            lambda: FeatureClassifier(num_classes="10"), r"`num_classes` must be an int.*got '10'", id="num_classes-str"
+        ),
+        pytest.param(
+            lambda: FeatureClassifier(input_shape=(1, 0, 8)),
+            r"`input_shape` must be .*positive ints.*\(1, 0, 8\)",
+            id="input_shape-zero",
+        ),
+        pytest.param(
+            lambda: FeatureClassifier(features="ConvNet"),
+            r"`features` must be an nn.Module, got str",
+            id="features-str",
+        ),
+        pytest.param(
+            lambda: FeatureClassifier(features=ConvNet(channels=[4], hidden=[8], in_channels=1), input_shape=(3, 8, 8)),
+            r"`features` \(ConvNet\) failed on a dry run with input_shape=\(3, 8, 8\)",
+            id="features-vs-input_shape",
+        ),
+        pytest.param(
+            lambda: FeatureClassifier(optimizer=0.01), r"`optimizer` must be a callable.*got 0.01", id="optimizer-float"
+        ),
         pytest.param(lambda: ConvNet(dropout=1.5), r"dropout.*1.5", id="convnet-dropout"),
         pytest.param(lambda: ConvNet(channels=[]), r"`channels`", id="convnet-no-channels"),
         pytest.param(lambda: ConvNet(kernel_size=4), r"kernel_size.*4", id="convnet-even-kernel"),
@@ -76,12 +104,24 @@ def test_module_arguments(make, match):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        pytest.param(lambda: DivideLROnPlateau(divisor=1), r"`divisor` must be a finite number > 1, got 1", id="divisor=1"),
-        pytest.param(lambda: DivideLROnPlateau(mode="mean"), r"`mode` must be one of 'min', 'max', got 'mean'", id="mode"),
+        pytest.param(
+            lambda: DivideLROnPlateau(divisor=1), r"`divisor` must be a finite number > 1, got 1", id="divisor=1"
+        ),
+        pytest.param(
+            lambda: DivideLROnPlateau(mode="mean"), r"`mode` must be one of 'min', 'max', got 'mean'", id="mode"
+        ),
         pytest.param(lambda: DivideLROnPlateau(patience=-1), r"`patience` must be an int >= 0, got -1", id="patience"),
-        pytest.param(lambda: DivideLROnPlateau(threshold=float("nan")), r"`threshold` must be .*got nan", id="threshold-nan"),
-        pytest.param(lambda: MaxNormConstraint(max_norm=0), r"`max_norm` must be a finite number > 0, got 0", id="max_norm=0"),
-        pytest.param(lambda: MaxNormConstraint(module_types="Linear"), r"`module_types` must be a non-empty list.*'Linear'", id="module_types-str"),
+        pytest.param(
+            lambda: DivideLROnPlateau(threshold=float("nan")), r"`threshold` must be .*got nan", id="threshold-nan"
+        ),
+        pytest.param(
+            lambda: MaxNormConstraint(max_norm=0), r"`max_norm` must be a finite number > 0, got 0", id="max_norm=0"
+        ),
+        pytest.param(
+            lambda: MaxNormConstraint(module_types="Linear"),
+            r"`module_types` must be a non-empty list.*'Linear'",
+            id="module_types-str",
+        ),
     ],
 )
 def test_callback_arguments(make, match):
@@ -96,7 +136,9 @@ def test_max_norm_pattern_matching_nothing_fails_at_setup():
 
 def test_plateau_refuses_a_second_owner_of_the_learning_rate_at_fit_start():
     model = FeatureClassifier(lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))
-    with pytest.raises(MisconfigurationException, match=r"DivideLROnPlateau.*also returns a learning-rate scheduler \(StepLR\)"):
+    with pytest.raises(
+        MisconfigurationException, match=r"DivideLROnPlateau.*also returns a learning-rate scheduler \(StepLR\)"
+    ):
         _fit(model=model, callbacks=[DivideLROnPlateau()])
 
 
@@ -106,10 +148,16 @@ def test_plateau_refuses_a_second_owner_of_the_learning_rate_at_fit_start():
     [
         pytest.param({"batch_size": 0}, r"`batch_size` must be a positive int, got 0", id="batch_size=0"),
         pytest.param({"batch_size": 2.5}, r"`batch_size` must be a positive int, got 2.5", id="batch_size-float"),
-        pytest.param({"val_fraction": 1.0}, r"`val_fraction` must be a finite number in \[0, 1\), got 1.0", id="val_fraction=1"),
-        pytest.param({"test_fraction": 0}, r"`test_fraction` must be a finite number in \(0, 1\), got 0", id="test_fraction=0"),
+        pytest.param(
+            {"val_fraction": 1.0}, r"`val_fraction` must be a finite number in \[0, 1\), got 1.0", id="val_fraction=1"
+        ),
+        pytest.param(
+            {"test_fraction": 0}, r"`test_fraction` must be a finite number in \(0, 1\), got 0", id="test_fraction=0"
+        ),
         pytest.param({"padding_mode": "wrap"}, r"`padding_mode` must be one of .*got 'wrap'", id="padding_mode"),
-        pytest.param({"crop_size": 9}, r"`crop_size` must fit in the stored images \(8, 8\), got 9", id="crop_size-too-big"),
+        pytest.param(
+            {"crop_size": 9}, r"`crop_size` must fit in the stored images \(8, 8\), got 9", id="crop_size-too-big"
+        ),
         pytest.param({"std": [0.0]}, r"`std` must be positive.*\[0.0\]", id="std-zero"),
     ],
 )
@@ -141,12 +189,20 @@ def test_data_and_model_disagree_on_num_classes():
 
 def test_missing_data_files_name_the_folders(tmp_path):
     data = MNISTDataModule(root=tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=r"(?s)MNISTDataModule: no folder holds all of train-images-idx3-ubyte.*Looked in:.*nowhere"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"(?s)MNISTDataModule: no folder holds all of train-images-idx3-ubyte.*Looked in:.*nowhere",
+    ):
         data.setup("fit")
 
 
 def test_corrupt_idx_file_names_the_file(tmp_path):
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (tmp_path / stem).write_bytes(b"this is not an IDX file")
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is not an IDX file: bad magic number"):
         MNISTDataModule(root=tmp_path).setup("fit")
@@ -167,15 +223,24 @@ def test_untrusted_pickle_is_refused(tmp_path):
 def ten_class_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "ten.ckpt"
     model = FeatureClassifier(features=ConvNet(channels=[4], hidden=[8]), num_classes=10, input_shape=(1, 8, 8))
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, DigitsDataModule(batch_size=32))
     trainer.save_checkpoint(path)
     return path
 
 
 def test_checkpoint_with_other_num_classes_is_refused_by_name(ten_class_checkpoint):
-    with pytest.raises(ValueError, match=r"trained with `num_classes`=10, but this FeatureClassifier has `num_classes`=5"):
+    with pytest.raises(
+        ValueError, match=r"trained with `num_classes`=10, but this FeatureClassifier has `num_classes`=5"
+    ):
         FeatureClassifier.load_from_checkpoint(ten_class_checkpoint, num_classes=5, weights_only=True)
 
 
@@ -188,8 +253,16 @@ def test_resuming_a_checkpoint_of_other_num_classes_fails_before_training(ten_cl
             return images, labels % 5
 
     model = FeatureClassifier(features=ConvNet(channels=[4], hidden=[8]), num_classes=5, input_shape=(1, 8, 8))
-    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, callbacks=[_NoStep()])
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[_NoStep()],
+    )
     with pytest.raises(ValueError, match=r"`num_classes`=10.*`num_classes`=5"):
         trainer.fit(model, FiveDigits(batch_size=32), ckpt_path=str(ten_class_checkpoint), weights_only=True)
     assert trainer.global_step == 0
@@ -263,6 +336,16 @@ def test_yaml_corrupt_file(tmp_path):
 
 def test_cli_missing_checkpoint_fails_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
-        main(["fit", "--config", DIGITS, "--ckpt_path", str(tmp_path / "missing.ckpt"), "--trainer.logger=false",
-              f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-              "--trainer.callbacks+=test_bad_input._NoStep"])
+        main(
+            [
+                "fit",
+                "--config",
+                DIGITS,
+                "--ckpt_path",
+                str(tmp_path / "missing.ckpt"),
+                "--trainer.logger=false",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.callbacks+=test_bad_input._NoStep",
+            ]
+        )

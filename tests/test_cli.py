@@ -20,9 +20,13 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 
 
 def test_version_and_help_in_a_subprocess():
-    out = subprocess.run([sys.executable, "-m", "lightning_deepfeat", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_deepfeat", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"deepfeat {lightning_deepfeat.__version__}"
-    out = subprocess.run([sys.executable, "-m", "lightning_deepfeat", "fit", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_deepfeat", "fit", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--config" in out.stdout and "--model" in out.stdout and "--data" in out.stdout
 
 
@@ -44,14 +48,23 @@ def test_print_config_links_shapes_of_other_data_modules(capsys):
     init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
     assert init_args["input_shape"] == [1, 28, 28] and init_args["num_classes"] == 10
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(ROOT / "configs" / "cifar10_convnet.yaml"), "--data.class_path=CIFAR100DataModule",
-              "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "cifar10_convnet.yaml"),
+                "--data.class_path=CIFAR100DataModule",
+                "--print_config",
+            ]
+        )
     init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
     assert init_args["input_shape"] == [3, 32, 32] and init_args["num_classes"] == 100
 
 
 def test_fast_dev_run(tmp_path, capsys):
-    cli = main(["fit", "--config", DIGITS, "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *QUIET])
+    cli = main(
+        ["fit", "--config", DIGITS, "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *QUIET]
+    )
     assert isinstance(cli.model, FeatureClassifier)
     assert cli.model.num_classes == 10 and cli.model.input_shape == (1, 8, 8)
     assert cli.trainer.global_step == 1
@@ -61,8 +74,15 @@ def test_fast_dev_run(tmp_path, capsys):
 @pytest.mark.slow
 def test_tiny_fit_on_digits_tests_the_best_checkpoint(tmp_path, capsys):
     cli = main(
-        ["fit", "--config", DIGITS, "--trainer.max_epochs=3", f"--trainer.default_root_dir={tmp_path}",
-         "--trainer.logger=false", *QUIET]
+        [
+            "fit",
+            "--config",
+            DIGITS,
+            "--trainer.max_epochs=3",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            *QUIET,
+        ]
     )
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("deepfeat: test_error="))
@@ -82,8 +102,17 @@ def test_tiny_fit_on_digits_tests_the_best_checkpoint(tmp_path, capsys):
 
 def test_optimizer_from_the_command_line(tmp_path):
     cli = main(
-        ["fit", "--config", DIGITS, "--optimizer=Adam", "--optimizer.lr=0.002", "--trainer.fast_dev_run=true",
-         "--test_after_fit=false", f"--trainer.default_root_dir={tmp_path}", *QUIET]
+        [
+            "fit",
+            "--config",
+            DIGITS,
+            "--optimizer=Adam",
+            "--optimizer.lr=0.002",
+            "--trainer.fast_dev_run=true",
+            "--test_after_fit=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            *QUIET,
+        ]
     )
     optimizer = cli.trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 0.002
@@ -96,7 +125,10 @@ def _write(tmp_path: Path, text: str) -> str:
 
 
 def test_unknown_class_name_in_yaml_is_reported(tmp_path, capsys):
-    config = _write(tmp_path, "model:\n  class_path: FeatureClassifier\n  init_args:\n    features:\n      class_path: NoSuchNet\ndata:\n  class_path: DigitsDataModule\n")
+    config = _write(
+        tmp_path,
+        "model:\n  class_path: FeatureClassifier\n  init_args:\n    features:\n      class_path: NoSuchNet\ndata:\n  class_path: DigitsDataModule\n",
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", config])
     assert exit_info.value.code != 0
@@ -104,7 +136,10 @@ def test_unknown_class_name_in_yaml_is_reported(tmp_path, capsys):
 
 
 def test_negative_dropout_in_yaml_is_reported_before_training(tmp_path, capsys):
-    config = _write(tmp_path, "model:\n  class_path: FeatureClassifier\n  init_args:\n    features:\n      class_path: ConvNet\n      init_args:\n        dropout: -0.5\ndata:\n  class_path: DigitsDataModule\n")
+    config = _write(
+        tmp_path,
+        "model:\n  class_path: FeatureClassifier\n  init_args:\n    features:\n      class_path: ConvNet\n      init_args:\n        dropout: -0.5\ndata:\n  class_path: DigitsDataModule\n",
+    )
     with pytest.raises(ValueError, match=r"`dropout` must be a dropout probability in \[0, 1\), got -0.5"):
         main(["fit", "--config", config, f"--trainer.default_root_dir={tmp_path}"])
     assert not (tmp_path / "lightning_logs").exists() or not list((tmp_path / "lightning_logs").rglob("*.ckpt"))

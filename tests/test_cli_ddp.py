@@ -31,11 +31,29 @@ def _errors_by_sample(model: FeatureClassifier) -> torch.Tensor:
 
 def test_cli_ddp_two_processes_prints_the_whole_test_set_error(tmp_path):
     proc = run_cli(
-        ["fit", "--config", str(ROOT / "configs" / "digits.yaml"),
-         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-         "--trainer.max_epochs", "3", "--data.init_args.batch_size", "32", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-         "--trainer.default_root_dir", str(tmp_path)],
-        cwd=tmp_path, timeout=400,
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "digits.yaml"),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.max_epochs",
+            "3",
+            "--data.init_args.batch_size",
+            "32",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        timeout=400,
     )
     out = proc.stdout
     assert "distributed_backend=gloo" in proc.stdout + proc.stderr

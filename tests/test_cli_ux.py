@@ -15,18 +15,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from _data_files import write_cifar10, write_idx_dataset, write_image_folder
 
+from _data_files import write_cifar10, write_idx_dataset, write_image_folder
 from lightning_deepfeat.cli.recipes import recipe_names
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
-def deepfeat(*args: str, cwd: Path, python: str = sys.executable, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def deepfeat(
+    *args: str, cwd: Path, python: str = sys.executable, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """``python -m lightning_deepfeat ARGS`` in ``cwd``, as typed in a shell."""
-    return subprocess.run([python, "-m", "lightning_deepfeat", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [python, "-m", "lightning_deepfeat", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def short_error(done: subprocess.CompletedProcess, code: int = 2, max_lines: int = 4) -> str:
@@ -59,7 +67,9 @@ def test_recipes_are_listed_with_their_purpose(tmp_path):
     for name in ("digits", "fashion_mnist", "mnist_dropout_maxnorm", "cifar10_convnet", "imagenet_alexnet"):
         line = next(line for line in done.stdout.splitlines() if line.strip().startswith(name + " "))
         assert len(line.split(maxsplit=1)[1]) > 20  # a purpose, not just the name
-    assert set(recipe_names()) == {p.stem for p in (REPO / "configs").glob("*.yaml")}  # one copy: configs/ is the package's
+    assert set(recipe_names()) == {
+        p.stem for p in (REPO / "configs").glob("*.yaml")
+    }  # one copy: configs/ is the package's
     assert (REPO / "configs").resolve() == (REPO / "src" / "lightning_deepfeat" / "recipes").resolve()
 
 
@@ -79,23 +89,41 @@ def test_wheel_installed_in_a_fresh_venv_runs_the_first_command(tmp_path):
     copy gigabytes); the test checks that ``lightning_deepfeat`` itself comes from the venv.
     """
     wheels = tmp_path / "wheels"
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-w", str(wheels), "-q"],
-                           capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-w", str(wheels), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("lightning_deepfeat-*.whl")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
     python = str(env_dir / "bin" / "python")
-    installed = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q", str(wheel)],
-                               capture_output=True, text=True, timeout=600)
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert installed.returncode == 0, installed.stderr[-3000:]
     empty = tmp_path / "empty"
     empty.mkdir()
-    where = subprocess.run([python, "-c", "import lightning_deepfeat; print(lightning_deepfeat.__file__)"], cwd=empty,
-                           capture_output=True, text=True, timeout=120)
+    where = subprocess.run(
+        [python, "-c", "import lightning_deepfeat; print(lightning_deepfeat.__file__)"],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert where.stdout.strip().startswith(str(env_dir)), where.stdout + where.stderr
-    done = subprocess.run([str(env_dir / "bin" / "deepfeat"), "fit", "--config", "digits", "--trainer.max_epochs", "1", *QUICK],
-                          cwd=empty, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(env_dir / "bin" / "deepfeat"), "fit", "--config", "digits", "--trainer.max_epochs", "1", *QUICK],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "deepfeat: test_error=" in done.stdout
     assert sorted(os.listdir(empty)) == ["lightning_logs"]
@@ -110,7 +138,9 @@ def test_predict_writes_a_csv_into_the_run_folder_and_prints_its_path(trained_ru
     assert len(written) == 1 and str(written[0]) in done.stdout + done.stderr
     rows = list(csv.DictReader(written[0].open()))
     assert len(rows) == 359  # the digits test split
-    assert list(rows[0])[:3] == ["index", "predicted", "class_name"] and list(rows[0])[3:] == [f"p_{k}" for k in range(10)]
+    assert list(rows[0])[:3] == ["index", "predicted", "class_name"] and list(rows[0])[3:] == [
+        f"p_{k}" for k in range(10)
+    ]
     assert [int(r["index"]) for r in rows] == list(range(359))
     for row in rows[:20]:
         p = [float(row[f"p_{k}"]) for k in range(10)]
@@ -214,8 +244,10 @@ def test_help_lists_every_subcommand_with_its_purpose(tmp_path):
     assert console.stdout == done.stdout  # `deepfeat` and `python -m lightning_deepfeat` are the same command
     for command in ("fit", "visualize"):
         sub = deepfeat(command, "--help", cwd=tmp_path)
-        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: deepfeat {command}") or (
-            sub.stdout.startswith("usage: deepfeat [options] fit")
+        assert (
+            sub.returncode == 0
+            and sub.stdout.startswith(f"usage: deepfeat {command}")
+            or (sub.stdout.startswith("usage: deepfeat [options] fit"))
         ), sub.stdout[:200]
     assert "__main__" not in deepfeat("fit", "--help", cwd=tmp_path).stdout
 
@@ -223,7 +255,10 @@ def test_help_lists_every_subcommand_with_its_purpose(tmp_path):
 # ----------------------------------------------------------------- 6. short errors
 def test_errors_are_one_short_message_with_exit_code_2(tmp_path):
     cases = [
-        (["fit", "--config", "digits", "--data.init_args.batch_size", "-1"], "`batch_size` must be a positive int, got -1"),
+        (
+            ["fit", "--config", "digits", "--data.init_args.batch_size", "-1"],
+            "`batch_size` must be a positive int, got -1",
+        ),
         (["fit", "--config", "digits", "--model.init_args.features.class_path", "ConvNett"], "Did you mean ConvNet?"),
         (["fit", "--config", "digits", "--optimizer.lr", "abc"], "must be a float, got 'abc'"),
         (["fit", "--config", "fashion_mnist", "--data.init_args.root", str(tmp_path / "nowhere")], "Looked in"),
@@ -240,8 +275,9 @@ def test_errors_are_one_short_message_with_exit_code_2(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     done = deepfeat("fit", "--config", "digits", "--data.init_args.batch_size", "-1", "--debug", cwd=tmp_path)
     assert done.returncode != 0 and "Traceback" in done.stderr
-    done = deepfeat("fit", "--config", "digits", "--data.init_args.batch_size", "-1", cwd=tmp_path,
-                    env={"DEEPFEAT_DEBUG": "1"})
+    done = deepfeat(
+        "fit", "--config", "digits", "--data.init_args.batch_size", "-1", cwd=tmp_path, env={"DEEPFEAT_DEBUG": "1"}
+    )
     assert "Traceback" in done.stderr
 
 
@@ -255,11 +291,26 @@ def _data_roots(root: Path) -> dict[str, list[str]]:
         "fashion_mnist": ["--data.init_args.root", str(root / "fashion")],
         "mnist_dropout_maxnorm": ["--data.init_args.root", str(root / "mnist")],
         "cifar10_convnet": ["--data.init_args.root", str(root / "cifar10")],
-        "imagenet_alexnet": ["--data.init_args.root", str(root / "folder"), "--trainer.accelerator", "cpu",
-                             "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true",
-                             "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-                             "--model.init_args.features.init_args.width", "0.125",
-                             "--model.init_args.features.init_args.hidden", "32"],
+        "imagenet_alexnet": [
+            "--data.init_args.root",
+            str(root / "folder"),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.strategy",
+            "auto",
+            "--trainer.precision",
+            "32-true",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--model.init_args.features.init_args.width",
+            "0.125",
+            "--model.init_args.features.init_args.hidden",
+            "32",
+        ],
     }
 
 
@@ -272,19 +323,33 @@ def test_every_recipe_with_fast_dev_run_writes_only_into_the_log_folder(tmp_path
         if name.startswith("probe_layerwise"):
             done = deepfeat("probe", "layerwise", "--config", name, "--steps", "1", cwd=folder)
         else:
-            done = deepfeat("fit", "--config", name, "--trainer.fast_dev_run", "true", *extra.get(name, []), *QUICK, cwd=folder)
+            done = deepfeat(
+                "fit", "--config", name, "--trainer.fast_dev_run", "true", *extra.get(name, []), *QUICK, cwd=folder
+            )
         assert done.returncode == 0, (name, done.stderr[-3000:])
         assert sorted(os.listdir(folder)) == ["lightning_logs"], (name, os.listdir(folder))
 
 
 @pytest.mark.slow
 def test_picture_callbacks_write_into_the_log_folder(tmp_path):
-    done = deepfeat("fit", "--config", "digits", "--trainer.max_epochs", "1", "--trainer.callbacks+=LearningCurves",
-                    "--trainer.callbacks+=ConfusionMatrixPlot", "--trainer.callbacks+=FilterGallery", *QUICK, cwd=tmp_path)
+    done = deepfeat(
+        "fit",
+        "--config",
+        "digits",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.callbacks+=LearningCurves",
+        "--trainer.callbacks+=ConfusionMatrixPlot",
+        "--trainer.callbacks+=FilterGallery",
+        *QUICK,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["lightning_logs"]
     pictures = {p.name for p in (tmp_path / "lightning_logs").rglob("*.png")}
-    assert {"learning_curves.png", "confusion_matrix.png"} <= pictures and any(p.startswith("filters") for p in pictures)
+    assert {"learning_curves.png", "confusion_matrix.png"} <= pictures and any(
+        p.startswith("filters") for p in pictures
+    )
 
 
 # ----------------------------------------------------------------- 8. the README's Python blocks run as written

@@ -20,14 +20,21 @@ def examples() -> dict[str, str]:
 
 def test_contributing_has_a_worked_example_for_each_kind_of_component():
     assert sorted(examples()) == sorted(
-        ["a new feature net", "a new in-memory data set", "a new file-per-sample data set", "a new callback", "a new probe"]
+        [
+            "a new feature net",
+            "a new in-memory data set",
+            "a new file-per-sample data set",
+            "a new callback",
+            "a new probe",
+        ]
     )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("title", sorted(examples()))
 def test_each_contributing_example_runs_on_its_own(tmp_path, title):
-    done = subprocess.run([sys.executable, "-c", examples()[title]], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", examples()[title]], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []  # an example writes nothing into the folder it runs in

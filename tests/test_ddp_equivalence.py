@@ -33,18 +33,34 @@ def _sgd(params):
 
 def _train(tmp_path, name: str, devices: int, batch_size: int) -> dict:
     seed_everything(0)
-    model = FeatureClassifier(features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.0), num_classes=10,
-                              input_shape=(1, 8, 8), optimizer=_sgd)
+    model = FeatureClassifier(
+        features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.0),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        optimizer=_sgd,
+    )
     data = DigitsDataModule(batch_size=batch_size, translate=0, hflip=False)
-    plateau = DivideLROnPlateau(monitor="train_error", check_every_n_steps=3, patience=0, threshold=0.5,
-                                max_drops=2, verbose=False)
+    plateau = DivideLROnPlateau(
+        monitor="train_error", check_every_n_steps=3, patience=0, threshold=0.5, max_drops=2, verbose=False
+    )
     strategy = DDPStrategy(process_group_backend="gloo", start_method="spawn") if devices > 1 else "auto"
     trainer = Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_steps=STEPS, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=STEPS,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         deterministic=True,
-        callbacks=[MaxNormConstraint(max_norm=0.5), plateau,
-                   SaveFinalState(str(tmp_path / f"{name}.pt")), RecordLRs(str(tmp_path / f"{name}_lrs.pt"))],
+        callbacks=[
+            MaxNormConstraint(max_norm=0.5),
+            plateau,
+            SaveFinalState(str(tmp_path / f"{name}.pt")),
+            RecordLRs(str(tmp_path / f"{name}_lrs.pt")),
+        ],
     )
     trainer.fit(model, data)
     return torch.load(tmp_path / f"{name}.pt", weights_only=True) | {
@@ -61,7 +77,9 @@ def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path):
     assert single["lrs"][0] <= 0.01 * (1 + 1e-9) and single["lr_trace"][0, 1] == 0.1
     torch.testing.assert_close(ddp["lr_trace"], single["lr_trace"], rtol=0, atol=0)
     # max-norm bound holds and is active in both (some feature unit sits on the bound)
-    conv_keys = [k for k, v in ddp["weights"].items() if k.startswith("features") and k.endswith("weight") and v.dim() > 1]
+    conv_keys = [
+        k for k, v in ddp["weights"].items() if k.startswith("features") and k.endswith("weight") and v.dim() > 1
+    ]
     assert conv_keys
     on_bound = 0
     for key in conv_keys:
@@ -73,7 +91,8 @@ def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path):
     assert_state_close(ddp["weights"], single["weights"], rtol=1e-5)
     # and they really moved away from the initialisation (guards against a no-op run)
     seed_everything(0)
-    init = FeatureClassifier(features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.0), num_classes=10,
-                             input_shape=(1, 8, 8)).state_dict()
+    init = FeatureClassifier(
+        features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.0), num_classes=10, input_shape=(1, 8, 8)
+    ).state_dict()
     moved = max((single["weights"][k].double() - init[k].double()).norm().item() for k in conv_keys)
     assert moved > 1e-2

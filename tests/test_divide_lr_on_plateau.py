@@ -104,7 +104,10 @@ def test_divisor_keeps_group_ratios_and_max_drops_stop():
         (dict(cooldown=-2), "`cooldown`"),
         (dict(min_lr=-1e-3), "`min_lr`"),
         (dict(max_drops=-1), "`max_drops`"),
-        (dict(check_every_n_steps=0), "`check_every_n_steps` must be a positive int or None (None: once per epoch), got 0"),
+        (
+            dict(check_every_n_steps=0),
+            "`check_every_n_steps` must be a positive int or None (None: once per epoch), got 0",
+        ),
         (dict(stop_on_final_plateau=True), "`stop_on_final_plateau=True` needs `max_drops`"),
         (dict(monitor=""), "`monitor`"),
         (dict(warmup_steps=-1), "`warmup_steps` must be an int >= 0, got -1"),
@@ -217,8 +220,12 @@ def test_step_mode_feature_classifier_fast_path():
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 2, 2), torch.randint(0, 3, (16,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
-    model = FeatureClassifier(features=MLP(hidden=[4], dropout=0.0), num_classes=3, input_shape=(1, 2, 2),
-                              optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    model = FeatureClassifier(
+        features=MLP(hidden=[4], dropout=0.0),
+        num_classes=3,
+        input_shape=(1, 2, 2),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+    )
     seen = []
     cb = DivideLROnPlateau(check_every_n_steps=2, patience=100, verbose=False)
     original = cb.step
@@ -233,8 +240,11 @@ def test_step_mode_feature_classifier_fast_path():
 
 def _fit_record(stream, max_epochs, ckpt_dir=None, ckpt_path=None):
     rec = LRRecorder()
-    cbs = [DivideLROnPlateau(monitor="metric", patience=1, cooldown=1, verbose=False),
-           DivideLROnPlateau(monitor="metric2", mode="max", divisor=2, patience=0, verbose=False), rec]
+    cbs = [
+        DivideLROnPlateau(monitor="metric", patience=1, cooldown=1, verbose=False),
+        DivideLROnPlateau(monitor="metric2", mode="max", divisor=2, patience=0, verbose=False),
+        rec,
+    ]
     kwargs = {}
     if ckpt_dir is not None:
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}"))

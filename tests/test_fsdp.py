@@ -35,7 +35,9 @@ def test_lightning_refuses_fsdp_on_cpu():
 
 def test_max_norm_refuses_fsdp_strategy_at_setup():
     trainer = SimpleNamespace(strategy=FSDPStrategy())
-    with pytest.raises(MisconfigurationException, match=r"MaxNormConstraint cannot run under FSDPStrategy.*partial row norms"):
+    with pytest.raises(
+        MisconfigurationException, match=r"MaxNormConstraint cannot run under FSDPStrategy.*partial row norms"
+    ):
         MaxNormConstraint().setup(trainer, _model(), stage="fit")
 
 
@@ -73,7 +75,10 @@ def test_dtensor_placements_unit_sharded_is_exact_other_is_refused(one_process_g
     rows = distribute_tensor(weight.clone(), mesh, [Shard(0)])
     _check_placement("w", rows, 0)  # accepted
     _check_placement("w", distribute_tensor(weight.clone(), mesh, [Replicate()]), 0)
-    with pytest.raises(MisconfigurationException, match=r"MaxNormConstraint: w is a DTensor with placements .*Shard\(dim=1\).*Only Shard\(0\) or Replicate"):
+    with pytest.raises(
+        MisconfigurationException,
+        match=r"MaxNormConstraint: w is a DTensor with placements .*Shard\(dim=1\).*Only Shard\(0\) or Replicate",
+    ):
         _check_placement("w", distribute_tensor(weight.clone(), mesh, [Shard(1)]), 0)
 
     callback = MaxNormConstraint(max_norm=1.0)

@@ -25,12 +25,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from _data_files import (
-    write_cifar10,
-    write_cifar100,
-    write_idx_dataset,
-    write_image_folder,
-)
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.tuner import Tuner
@@ -39,6 +33,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_deepfeat.models
+from _data_files import (
+    write_cifar10,
+    write_cifar100,
+    write_idx_dataset,
+    write_image_folder,
+)
 from lightning_deepfeat import MLP, ConvNet, FeatureClassifier
 from lightning_deepfeat.callbacks import DivideLROnPlateau, MaxNormConstraint
 from lightning_deepfeat.data import (
@@ -55,8 +55,14 @@ from lightning_deepfeat.models.classifier import krizhevsky_sgd
 # the model: reload, optimizer specs, shapes, export, LR finder (points 1, 5, 6, 7, 8, 14)
 # ====================================================================================================
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False)
+QUIET = dict(
+    accelerator="cpu",
+    devices=1,
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+)
 
 
 def _fit(model: pl.LightningModule, tmp_path: Path, steps: int = 3, **trainer_kwargs) -> pl.Trainer:
@@ -164,7 +170,10 @@ class WithExtra(FeatureClassifier):
         self.label_smoothing = label_smoothing
 
 
-YAML_NET = {"class_path": "lightning_deepfeat.models.ConvNet", "init_args": {"channels": [4], "hidden": [16], "dropout": 0.0}}
+YAML_NET = {
+    "class_path": "lightning_deepfeat.models.ConvNet",
+    "init_args": {"channels": [4], "hidden": [16], "dropout": 0.0},
+}
 
 
 @pytest.mark.parametrize(
@@ -177,7 +186,14 @@ YAML_NET = {"class_path": "lightning_deepfeat.models.ConvNet", "init_args": {"ch
         lambda: WithExtra(label_smoothing=0.1, features=MLP(hidden=(16,), dropout=0.0)),
         lambda: FeatureClassifier(features=YAML_NET),
     ],
-    ids=["features=ConvNet", "build_features", "attribute-before-super", "explicit-signature", "extra-hparams", "yaml-net"],
+    ids=[
+        "features=ConvNet",
+        "build_features",
+        "attribute-before-super",
+        "explicit-signature",
+        "extra-hparams",
+        "yaml-net",
+    ],
 )
 def test_point01_patterns_that_reloaded_before_still_reload(build, tmp_path):
     pl.seed_everything(0)
@@ -205,8 +221,11 @@ class RecordOptimizer(Callback):
 
 def test_point05_adam_and_its_scheduler_are_rebuilt_on_reload_and_resume(tmp_path):
     pl.seed_everything(0)
-    model = FeatureClassifier(MLP(hidden=(16,), dropout=0.0), optimizer=partial(torch.optim.Adam, lr=1e-3),
-                              lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    model = FeatureClassifier(
+        MLP(hidden=(16,), dropout=0.0),
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+    )
     trainer = _fit(model, tmp_path, steps=4)
     ckpt = tmp_path / "adam.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -215,12 +234,15 @@ def test_point05_adam_and_its_scheduler_are_rebuilt_on_reload_and_resume(tmp_pat
     configured = loaded.configure_optimizers()
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 1e-3
-    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.gamma == 0.5 and scheduler.step_size == 1
+    assert (
+        isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.gamma == 0.5 and scheduler.step_size == 1
+    )
 
     # resume the reloaded model: Adam's moments come back from the checkpoint
     record = RecordOptimizer()
-    resumed = pl.Trainer(**{**QUIET, "max_steps": 6, "limit_val_batches": 0, "default_root_dir": tmp_path,
-                            "callbacks": [record]})
+    resumed = pl.Trainer(
+        **{**QUIET, "max_steps": 6, "limit_val_batches": 0, "default_root_dir": tmp_path, "callbacks": [record]}
+    )
     resumed.fit(loaded, datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt)
     assert record.optimizer is torch.optim.Adam and record.scheduler is torch.optim.lr_scheduler.StepLR
     assert record.state_steps and set(record.state_steps) == {4.0}
@@ -256,15 +278,19 @@ def test_point05_a_factory_that_cannot_be_rebuilt_is_named_at_reload(tmp_path):
     def local_scheduler(optimizer):
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=3)
 
-    model = FeatureClassifier(MLP(hidden=(8,)), optimizer=lambda params: torch.optim.SGD(params, lr=0.3),
-                              lr_scheduler=local_scheduler)
+    model = FeatureClassifier(
+        MLP(hidden=(8,)), optimizer=lambda params: torch.optim.SGD(params, lr=0.3), lr_scheduler=local_scheduler
+    )
     _fit(model, tmp_path, steps=1)
     ckpt = tmp_path / "lambda.ckpt"
     model.trainer.save_checkpoint(ckpt)
     expected = _outputs(model)
 
     # it loads for inference, saying what to pass to train it ...
-    with pytest.warns(UserWarning, match=r"`optimizer` cannot be rebuilt: it was a lambda.*load_from_checkpoint\(path, optimizer=\.\.\.\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"`optimizer` cannot be rebuilt: it was a lambda.*load_from_checkpoint\(path, optimizer=\.\.\.\)",
+    ):
         loaded = FeatureClassifier.load_from_checkpoint(ckpt, weights_only=True)
     assert torch.equal(_outputs(loaded), expected)
     # ... and training it fails before any step, naming the argument
@@ -272,7 +298,9 @@ def test_point05_a_factory_that_cannot_be_rebuilt_is_named_at_reload(tmp_path):
     with pytest.raises(ValueError, match=r"`optimizer` cannot be rebuilt: it was a lambda.*optimizer=\.\.\."):
         trainer.fit(loaded, datamodule=DigitsDataModule(batch_size=32))
     assert trainer.global_step == 0
-    with pytest.warns(UserWarning, match=r"`lr_scheduler` cannot be rebuilt: it was a local function .*lr_scheduler=\.\.\."):
+    with pytest.warns(
+        UserWarning, match=r"`lr_scheduler` cannot be rebuilt: it was a local function .*lr_scheduler=\.\.\."
+    ):
         loaded = FeatureClassifier.load_from_checkpoint(ckpt, optimizer=partial(torch.optim.SGD, lr=0.3))
     with pytest.raises(ValueError, match=r"`lr_scheduler` cannot be rebuilt.*lr_scheduler=\.\.\."):
         loaded.configure_optimizers()
@@ -280,8 +308,9 @@ def test_point05_a_factory_that_cannot_be_rebuilt_is_named_at_reload(tmp_path):
     # passed again, both are used
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*cannot be rebuilt.*")
-        loaded = FeatureClassifier.load_from_checkpoint(ckpt, optimizer=partial(torch.optim.SGD, lr=0.3),
-                                                        lr_scheduler=local_scheduler, weights_only=True)
+        loaded = FeatureClassifier.load_from_checkpoint(
+            ckpt, optimizer=partial(torch.optim.SGD, lr=0.3), lr_scheduler=local_scheduler, weights_only=True
+        )
     configured = loaded.configure_optimizers()
     assert configured["optimizer"].param_groups[0]["lr"] == 0.3 and configured["lr_scheduler"].step_size == 3
 
@@ -291,16 +320,29 @@ def test_point05_cli_given_optimizer_survives_reload_and_a_second_save(tmp_path)
     from lightning_deepfeat.cli import main
 
     config = {
-        "model": {"class_path": "FeatureClassifier", "init_args": {
-            "features": {"class_path": "lightning_deepfeat.MLP", "init_args": {"hidden": [8]}},
-            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.002}}}},
+        "model": {
+            "class_path": "FeatureClassifier",
+            "init_args": {
+                "features": {"class_path": "lightning_deepfeat.MLP", "init_args": {"hidden": [8]}},
+                "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.002}},
+            },
+        },
         "data": {"class_path": "DigitsDataModule", "init_args": {"batch_size": 64}},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli = main(["fit", "--config", str(path), "--trainer.fast_dev_run=true", "--test_after_fit=false",
-                f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(path),
+            "--trainer.fast_dev_run=true",
+            "--test_after_fit=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
     assert isinstance(cli.trainer.optimizers[0], torch.optim.Adam)
     cli.trainer.save_checkpoint(tmp_path / "cli.ckpt")
     loaded = FeatureClassifier.load_from_checkpoint(tmp_path / "cli.ckpt", weights_only=True)
@@ -309,7 +351,9 @@ def test_point05_cli_given_optimizer_survives_reload_and_a_second_save(tmp_path)
     # the reloaded model, trained and saved again without the CLI
     _fit(loaded, tmp_path, steps=1)
     loaded.trainer.save_checkpoint(tmp_path / "again.ckpt")
-    optimizer = FeatureClassifier.load_from_checkpoint(tmp_path / "again.ckpt", weights_only=True).configure_optimizers()
+    optimizer = FeatureClassifier.load_from_checkpoint(
+        tmp_path / "again.ckpt", weights_only=True
+    ).configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 0.002
 
 
@@ -330,7 +374,9 @@ def test_point06_input_shape_that_is_not_the_data_is_named_before_any_step(stage
     model = FeatureClassifier(MLP(hidden=(16,)), input_shape=(1, 28, 28))
     counter = CountSteps()
     trainer = pl.Trainer(**{**QUIET, "max_steps": 2, "default_root_dir": tmp_path, "callbacks": [counter]})
-    message = r"`input_shape`=\(1, 28, 28\) but DigitsDataModule has image_shape=\(1, 8, 8\); pass input_shape=\(1, 8, 8\)"
+    message = (
+        r"`input_shape`=\(1, 28, 28\) but DigitsDataModule has image_shape=\(1, 8, 8\); pass input_shape=\(1, 8, 8\)"
+    )
     with pytest.raises(ValueError, match=message):
         getattr(trainer, stage)(model, datamodule=DigitsDataModule(batch_size=32))
     assert counter.batches == 0 and trainer.global_step == 0
@@ -346,8 +392,13 @@ def test_point07_to_onnx_without_an_input_matches_torch_with_a_dynamic_batch(tmp
     assert model.example_input_array.shape == (1, 1, 8, 8)
     path = tmp_path / "m.onnx"
     # torch >= 2.9 exports with dynamo (needs onnxscript) by default; the TorchScript exporter takes dynamic_axes
-    model.to_onnx(path, dynamo=False, input_names=["images"], output_names=["logits"],
-                  dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    model.to_onnx(
+        path,
+        dynamo=False,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+    )
     session = ort.InferenceSession(str(path))
     model.eval()
     for n in (1, 7):
@@ -372,8 +423,9 @@ def test_point07_summary_example_follows_a_true_precision(precision, tmp_path):
     """Lightning runs the example through the model at fit start; it must be in the model's dtype."""
     model = FeatureClassifier(MLP(hidden=(16,)), num_classes=3, input_shape=(1, 4, 4))
     loader = DataLoader(TensorDataset(torch.randn(16, 1, 4, 4), torch.randint(0, 3, (16,))), batch_size=8)
-    trainer = pl.Trainer(**{**QUIET, "max_steps": 1, "enable_model_summary": True, "precision": precision,
-                            "default_root_dir": tmp_path})
+    trainer = pl.Trainer(
+        **{**QUIET, "max_steps": 1, "enable_model_summary": True, "precision": precision, "default_root_dir": tmp_path}
+    )
     trainer.fit(model, train_dataloaders=loader)
     assert trainer.global_step == 1
     assert model.example_input_array.dtype == next(model.parameters()).dtype
@@ -389,8 +441,9 @@ def test_point08_lr_find_with_defaults_then_fit_trains_at_the_suggestion(tmp_pat
     pl.seed_everything(0)
     model = FeatureClassifier(MLP(hidden=(32,), dropout=0.0))
     record = RecordLR()
-    trainer = pl.Trainer(**{**QUIET, "max_epochs": 1, "limit_val_batches": 0, "default_root_dir": tmp_path,
-                            "callbacks": [record]})
+    trainer = pl.Trainer(
+        **{**QUIET, "max_epochs": 1, "limit_val_batches": 0, "default_root_dir": tmp_path, "callbacks": [record]}
+    )
     dm = DigitsDataModule(batch_size=32)
     finder = Tuner(trainer).lr_find(model, datamodule=dm)
     suggestion = finder.suggestion()
@@ -416,8 +469,12 @@ def _private_attributes_of_others(paths: list[Path]) -> list[str]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 ours.add(node.name)
-            elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
-                  and isinstance(node.value, ast.Name) and node.value.id == "self"):
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
                 ours.add(node.attr)
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):  # module and class constants of ours
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -428,8 +485,14 @@ def _private_attributes_of_others(paths: list[Path]) -> list[str]:
             name = None
             if isinstance(node, ast.Attribute):
                 name = node.attr
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr")
-                  and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "setattr", "hasattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+            ):
                 name = node.args[1].value
             if name and name.startswith("_") and not name.startswith("__") and name not in ours:
                 found.append(f"{path.name}:{node.lineno}: {name}")
@@ -444,11 +507,15 @@ def test_point14_the_package_uses_no_private_attribute_or_module_of_another_libr
     private_imports = []
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
-            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
-                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            modules = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else ([a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            )
             for module in modules:
-                if not module.startswith("lightning_deepfeat") and any(part.startswith("_") and not part.startswith("__")
-                                                                        for part in module.split(".")):
+                if not module.startswith("lightning_deepfeat") and any(
+                    part.startswith("_") and not part.startswith("__") for part in module.split(".")
+                ):
                     private_imports.append(f"{path.name}:{node.lineno}: {module}")
     assert private_imports == []
 
@@ -464,16 +531,29 @@ class RecordEpochMetrics(Callback):
         self.epochs: dict[int, dict[str, torch.Tensor]] = {}
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.epochs[trainer.current_epoch] = {k: v.clone() for k, v in trainer.callback_metrics.items() if k.startswith("train_")}
+        self.epochs[trainer.current_epoch] = {
+            k: v.clone() for k, v in trainer.callback_metrics.items() if k.startswith("train_")
+        }
 
 
 def _resume_run(tmp_path: Path, ckpt_path: Path | None = None) -> tuple[RecordEpochMetrics, dict[str, torch.Tensor]]:
     pl.seed_everything(0)
-    model = FeatureClassifier(ConvNet(channels=(4,), hidden=(16,), dropout=0.5), optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    model = FeatureClassifier(
+        ConvNet(channels=(4,), hidden=(16,), dropout=0.5), optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9)
+    )
     record = RecordEpochMetrics()
-    trainer = pl.Trainer(**{**QUIET, "max_epochs": 2, "limit_train_batches": 6, "limit_val_batches": 0, "deterministic": True,
-                            "default_root_dir": tmp_path, "enable_checkpointing": True,
-                            "callbacks": [record, ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)]})
+    trainer = pl.Trainer(
+        **{
+            **QUIET,
+            "max_epochs": 2,
+            "limit_train_batches": 6,
+            "limit_val_batches": 0,
+            "deterministic": True,
+            "default_root_dir": tmp_path,
+            "enable_checkpointing": True,
+            "callbacks": [record, ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)],
+        }
+    )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=32, translate=1), ckpt_path=ckpt_path)
     return record, {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -531,7 +611,7 @@ def test_point02_loaders_used_by_hand_yield_normalised_float_batches(tmp_path):
             x, y = next(iter(loader))
             assert x.dtype == torch.float32 and tuple(x.shape[1:]) == tuple(dm.image_shape), (name, x.dtype, x.shape)
             assert y.dtype == torch.int64 and y.shape == (x.shape[0],)
-            assert 0 <= int(y.min()) and int(y.max()) < dm.num_classes
+            assert int(y.min()) >= 0 and int(y.max()) < dm.num_classes
     # normalised: over the whole digits validation split, mean ~0 and std ~1 (raw pixels are 0..16)
     dm = DigitsDataModule(batch_size=500, val_fraction=0.5)
     dm.setup("fit")
@@ -604,14 +684,27 @@ class _SeenDtype(pl.Callback):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "precision, dtype",
-    [("bf16-true", torch.bfloat16), ("64-true", torch.float64), ("bf16-mixed", torch.float32), ("32-true", torch.float32)],
+    [
+        ("bf16-true", torch.bfloat16),
+        ("64-true", torch.float64),
+        ("bf16-mixed", torch.float32),
+        ("32-true", torch.float32),
+    ],
 )
 def test_point03_true_and_mixed_precision_fit_on_cpu_with_every_data_module(tmp_path, precision, dtype):
     for name, dm in _every_data_module(tmp_path).items():
         seen = _SeenDtype()
         model = _model_for(dm)
-        trainer = pl.Trainer(accelerator="cpu", precision=precision, max_steps=2, limit_val_batches=1,
-                             num_sanity_val_steps=0, callbacks=[seen], default_root_dir=tmp_path, **DATA_QUIET)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            precision=precision,
+            max_steps=2,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            callbacks=[seen],
+            default_root_dir=tmp_path,
+            **DATA_QUIET,
+        )
         trainer.fit(model, datamodule=dm)
         assert seen.dtypes == {dtype}, (name, seen.dtypes)
         assert torch.isfinite(trainer.callback_metrics["train_loss"]).item(), name
@@ -621,8 +714,15 @@ def test_point03_true_and_mixed_precision_fit_on_cpu_with_every_data_module(tmp_
 @pytest.mark.parametrize("precision", ["16-true", "16-mixed"])
 def test_point03_half_precision_fits_on_gpu(tmp_path, precision):
     dm = DigitsDataModule(batch_size=32, translate=1)
-    trainer = pl.Trainer(accelerator="gpu", devices=1, precision=precision, max_steps=3, limit_val_batches=1,
-                         default_root_dir=tmp_path, **DATA_QUIET)
+    trainer = pl.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision=precision,
+        max_steps=3,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+        **DATA_QUIET,
+    )
     trainer.fit(_model_for(dm), datamodule=dm)
     assert torch.isfinite(trainer.callback_metrics["train_loss"]).item()
 
@@ -651,7 +751,7 @@ def test_point09_overfit_batches_repeats_one_fixed_batch(tmp_path):
 
 
 # ----------------------------------------------------------------- 10. deepfeat takes any LightningModule
-USER_MODULE = '''
+USER_MODULE = """
 import torch
 import lightning.pytorch as pl
 from torch import nn
@@ -691,26 +791,49 @@ class NoShapes(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
-'''
+"""
 
 
 def _deepfeat(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "lightning_deepfeat", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_deepfeat", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_point10_deepfeat_fit_with_a_plain_lightning_module(tmp_path):
     (tmp_path / "mymod.py").write_text(USER_MODULE)
     common = ["--data", "DigitsDataModule", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
-    done = _deepfeat(["fit", "--model", "mymod.MyModule", *common, "--trainer.callbacks+=DivideLROnPlateau",
-                      "--trainer.callbacks.monitor=train_loss", "--trainer.callbacks+=MaxNormConstraint"], tmp_path)
+    done = _deepfeat(
+        [
+            "fit",
+            "--model",
+            "mymod.MyModule",
+            *common,
+            "--trainer.callbacks+=DivideLROnPlateau",
+            "--trainer.callbacks.monitor=train_loss",
+            "--trainer.callbacks+=MaxNormConstraint",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     config = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text())
     assert config["model"]["class_path"] == "mymod.MyModule"
-    assert config["model"]["init_args"]["num_classes"] == 10 and config["model"]["init_args"]["input_shape"] == [1, 8, 8]
-    assert [c["class_path"].rsplit(".", 1)[1] for c in config["trainer"]["callbacks"]] == ["DivideLROnPlateau", "MaxNormConstraint"]
+    assert config["model"]["init_args"]["num_classes"] == 10 and config["model"]["init_args"]["input_shape"] == [
+        1,
+        8,
+        8,
+    ]
+    assert [c["class_path"].rsplit(".", 1)[1] for c in config["trainer"]["callbacks"]] == [
+        "DivideLROnPlateau",
+        "MaxNormConstraint",
+    ]
     assert "deepfeat: test_acc=" in done.stdout
     # a module that takes neither name gets neither
     done = _deepfeat(["fit", "--model", "mymod.NoShapes", *common], tmp_path)
@@ -759,8 +882,10 @@ class Regression(LightningModule):
         self.log("val_loss", F.mse_loss(self.net(x).squeeze(1), y))
 
     def configure_optimizers(self):
-        return torch.optim.SGD([{"params": [self.net.weight], "lr": self.lrs[0]},
-                                {"params": [self.net.bias], "lr": self.lrs[1]}], momentum=0.9)
+        return torch.optim.SGD(
+            [{"params": [self.net.weight], "lr": self.lrs[0]}, {"params": [self.net.bias], "lr": self.lrs[1]}],
+            momentum=0.9,
+        )
 
 
 class ConstantMetric(Regression):
@@ -782,9 +907,17 @@ class LRsBeforeEachStep(Callback):
 
 
 def _trainer(tmp_path: Path | None = None, **kwargs) -> Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                    limit_val_batches=0, deterministic=True)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=True,
+    )
     if tmp_path is not None:
         defaults["default_root_dir"] = str(tmp_path)
     defaults.update(kwargs)
@@ -849,21 +982,32 @@ def test_point04_transposed_conv_units_idempotent():
     assert (_unit_norms(once, 1) <= 0.5).all()
 
 
-def _digits_fit(max_epochs: int = 3, max_steps: int = -1, ckpt_dir: Path | None = None,
-                ckpt_path: str | None = None) -> tuple[LightningModule, MaxNormConstraint, Trainer]:
+def _digits_fit(
+    max_epochs: int = 3, max_steps: int = -1, ckpt_dir: Path | None = None, ckpt_path: str | None = None
+) -> tuple[LightningModule, MaxNormConstraint, Trainer]:
     from lightning_deepfeat import ConvNet, FeatureClassifier
     from lightning_deepfeat.data import DigitsDataModule
 
     seed_everything(0)
-    model = FeatureClassifier(features=ConvNet(channels=[32], convs_per_stage=2, hidden=[256], dropout=0.5),
-                              optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4))
+    model = FeatureClassifier(
+        features=ConvNet(channels=[32], convs_per_stage=2, hidden=[256], dropout=0.5),
+        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4),
+    )
     constraint = MaxNormConstraint(max_norm=0.3)
     callbacks: list[Callback] = [constraint]
     if ckpt_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=30, save_top_k=-1))
-    trainer = Trainer(max_epochs=max_epochs, max_steps=max_steps, deterministic=True, accelerator="cpu",
-                      logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      enable_checkpointing=ckpt_dir is not None, callbacks=callbacks)
+    trainer = Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        deterministic=True,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=ckpt_dir is not None,
+        callbacks=callbacks,
+    )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=128, translate=1), ckpt_path=ckpt_path)
     return model, constraint, trainer
 
@@ -895,33 +1039,53 @@ TIMING = "ModelCheckpoint saves at the end of validation"
 
 def _fit_with_checkpoint(tmp_path: Path, checkpoint: ModelCheckpoint, **trainer_kwargs) -> list[str]:
     """Fit with a training-metric plateau and ``checkpoint``; the messages of the warnings raised."""
-    trainer = _trainer(tmp_path, enable_checkpointing=True, callbacks=[
-        DivideLROnPlateau(monitor="train_loss", patience=1, verbose=False), checkpoint], **trainer_kwargs)
+    trainer = _trainer(
+        tmp_path,
+        enable_checkpointing=True,
+        callbacks=[DivideLROnPlateau(monitor="train_loss", patience=1, verbose=False), checkpoint],
+        **trainer_kwargs,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(Regression(), _loader(), _loader(n=8))
     return [str(w.message) for w in caught]
 
 
-@pytest.mark.parametrize("trainer_kwargs", [dict(val_check_interval=0.5), dict(check_val_every_n_epoch=2)],
-                         ids=["val_check_interval=0.5", "check_val_every_n_epoch=2"])
+@pytest.mark.parametrize(
+    "trainer_kwargs",
+    [dict(val_check_interval=0.5), dict(check_val_every_n_epoch=2)],
+    ids=["val_check_interval=0.5", "check_val_every_n_epoch=2"],
+)
 def test_point11_resume_timing_warning_fires(tmp_path, trainer_kwargs):
-    messages = _fit_with_checkpoint(tmp_path, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
-                                    max_epochs=3, limit_val_batches=1, **trainer_kwargs)
+    messages = _fit_with_checkpoint(
+        tmp_path,
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
+        max_epochs=3,
+        limit_val_batches=1,
+        **trainer_kwargs,
+    )
     timing = [m for m in messages if TIMING in m]
     assert len(timing) == 1, messages  # once
     assert "'train_loss'" in timing[0] and "save_on_train_epoch_end=True" in timing[0]
 
 
-@pytest.mark.parametrize("checkpoint_kwargs, trainer_kwargs", [
-    (dict(), dict()),  # Lightning's defaults: validation every epoch, saved at the training epoch end
-    (dict(save_on_train_epoch_end=True), dict(val_check_interval=0.5)),
-    (dict(save_on_train_epoch_end=True), dict(check_val_every_n_epoch=2)),
-], ids=["defaults", "save_on_train_epoch_end+val_check_interval", "save_on_train_epoch_end+every_2"])
+@pytest.mark.parametrize(
+    "checkpoint_kwargs, trainer_kwargs",
+    [
+        (dict(), dict()),  # Lightning's defaults: validation every epoch, saved at the training epoch end
+        (dict(save_on_train_epoch_end=True), dict(val_check_interval=0.5)),
+        (dict(save_on_train_epoch_end=True), dict(check_val_every_n_epoch=2)),
+    ],
+    ids=["defaults", "save_on_train_epoch_end+val_check_interval", "save_on_train_epoch_end+every_2"],
+)
 def test_point11_no_timing_warning_when_checkpoints_follow_the_decision(tmp_path, checkpoint_kwargs, trainer_kwargs):
-    messages = _fit_with_checkpoint(tmp_path, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True,
-                                                              **checkpoint_kwargs),
-                                    max_epochs=3, limit_val_batches=1, **trainer_kwargs)
+    messages = _fit_with_checkpoint(
+        tmp_path,
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, **checkpoint_kwargs),
+        max_epochs=3,
+        limit_val_batches=1,
+        **trainer_kwargs,
+    )
     assert not [m for m in messages if TIMING in m]
 
 
@@ -948,8 +1112,9 @@ def test_point11_step_checks_on_an_epoch_only_metric_seen_after_an_epoch(tmp_pat
 def test_point12_warmup_follows_linear_lr_then_plateau_rule():
     n, f = 6, 0.25
     rec = LRsBeforeEachStep()
-    plateau = DivideLROnPlateau(monitor="train_loss", patience=100, warmup_steps=n, warmup_start_factor=f,
-                                verbose=False)
+    plateau = DivideLROnPlateau(
+        monitor="train_loss", patience=100, warmup_steps=n, warmup_start_factor=f, verbose=False
+    )
     _trainer(max_epochs=3, callbacks=[plateau, rec]).fit(Regression(lrs=(0.1, 0.02)), _loader())
     assert sorted(rec.lrs) == list(range(12))
     bases = [0.1, 0.02]
@@ -969,8 +1134,9 @@ def test_point12_no_plateau_counted_during_warmup_then_one_drop_by_10():
     # "metric" is 1.0 at every step. Checks every 2 steps: at global steps 2, 4 (warm-up, ignored),
     # 6 (the first counted: sets the best), 8 (no improvement, patience 0: divide by 10).
     rec = LRsBeforeEachStep()
-    plateau = DivideLROnPlateau(monitor="metric", check_every_n_steps=2, patience=0, warmup_steps=4,
-                                warmup_start_factor=0.5, verbose=False)
+    plateau = DivideLROnPlateau(
+        monitor="metric", check_every_n_steps=2, patience=0, warmup_steps=4, warmup_start_factor=0.5, verbose=False
+    )
     _trainer(max_steps=9, callbacks=[plateau, rec]).fit(ConstantMetric(lrs=(0.1, 0.02)), _loader())
     assert plateau.num_checks == 2 and plateau.num_drops == 1
     for t in range(9):
@@ -984,15 +1150,20 @@ def test_point12_no_plateau_counted_during_warmup_then_one_drop_by_10():
 
 def _warmup_fit(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None, save: bool = False):
     rec = LRsBeforeEachStep()
-    plateau = DivideLROnPlateau(monitor="train_loss", patience=0, threshold=0.9, warmup_steps=10,
-                                warmup_start_factor=0.1, verbose=False)
+    plateau = DivideLROnPlateau(
+        monitor="train_loss", patience=0, threshold=0.9, warmup_steps=10, warmup_start_factor=0.1, verbose=False
+    )
     callbacks: list[Callback] = [plateau, rec]
     if save:
-        callbacks.append(ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1,
-                                         save_on_train_epoch_end=True))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=tmp_path, filename="{epoch}", every_n_epochs=1, save_top_k=-1, save_on_train_epoch_end=True
+            )
+        )
     model = Regression(lrs=(0.05, 0.05))
     _trainer(max_epochs=max_epochs, enable_checkpointing=save, callbacks=callbacks).fit(
-        model, _loader(), ckpt_path=ckpt_path)
+        model, _loader(), ckpt_path=ckpt_path
+    )
     return model, plateau, rec
 
 
@@ -1015,10 +1186,14 @@ def test_point12_warmup_identical_on_every_rank(tmp_path):
 
     # 2 processes x 2 batches per epoch; "metric" 1.0 every epoch: checks at steps 2, 4 (warm-up),
     # 6 (best), 8 and 10 (bad, patience 0: each divides by 10)
-    plateau = DivideLROnPlateau(monitor="metric", patience=0, warmup_steps=5, warmup_start_factor=0.2,
-                                verbose=False)
-    trainer = _trainer(max_epochs=5, devices=2, strategy="ddp_spawn", deterministic=False,
-                       callbacks=[plateau, StepLRRecorder(out_dir=str(tmp_path))])
+    plateau = DivideLROnPlateau(monitor="metric", patience=0, warmup_steps=5, warmup_start_factor=0.2, verbose=False)
+    trainer = _trainer(
+        max_epochs=5,
+        devices=2,
+        strategy="ddp_spawn",
+        deterministic=False,
+        callbacks=[plateau, StepLRRecorder(out_dir=str(tmp_path))],
+    )
     loader = DataLoader(TensorDataset(torch.randn(8, 3), torch.zeros(8)), batch_size=2)
     trainer.fit(ScriptedMetricModule(stream=[1.0] * 5, lr=0.1), loader)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
@@ -1097,8 +1272,7 @@ def test_point14_step_checks_read_a_classification_error_subclass_by_isinstance(
             super().__init__()
             torch.manual_seed(0)
             self.net = nn.Linear(4, 3)
-            self.train_metrics = MetricCollection({"error": Top1Error(num_classes=3, average="micro")},
-                                                  prefix="train_")
+            self.train_metrics = MetricCollection({"error": Top1Error(num_classes=3, average="micro")}, prefix="train_")
 
         def training_step(self, batch, batch_idx):
             x, y = batch
@@ -1121,7 +1295,8 @@ def test_point14_step_checks_read_a_classification_error_subclass_by_isinstance(
             return super().step(current, optimizers)
 
     _trainer(max_steps=4, callbacks=[Recording(monitor="train_error", check_every_n_steps=2, verbose=False)]).fit(
-        model, DataLoader(TensorDataset(x, y), batch_size=4))
+        model, DataLoader(TensorDataset(x, y), batch_size=4)
+    )
     with torch.no_grad():
         wrong = (model.net(x).argmax(1) != y).double()
     assert seen == pytest.approx([wrong[:8].mean().item(), wrong[8:].mean().item()], abs=1e-12)

@@ -34,8 +34,12 @@ def _data(n: int = 16, batch_size: int = 4, seed: int = 0):
 
 def _classifier(lr: float) -> FeatureClassifier:
     torch.manual_seed(0)
-    return FeatureClassifier(features=MLP(hidden=[12, 10], dropout=0.0), num_classes=3, input_shape=(1, 4, 4),
-                             optimizer=partial(torch.optim.SGD, lr=lr))
+    return FeatureClassifier(
+        features=MLP(hidden=[12, 10], dropout=0.0),
+        num_classes=3,
+        input_shape=(1, 4, 4),
+        optimizer=partial(torch.optim.SGD, lr=lr),
+    )
 
 
 def _mixed_weight(rows_out: int = 8, cols: int = 6) -> torch.Tensor:
@@ -63,8 +67,9 @@ def test_projection_exact_and_equal_to_renorm():
     assert (lin.weight - torch.renorm(before, 2, 0, C)).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("layer, unit_dim", [(nn.Conv2d(3, 5, 3), 0), (nn.Conv1d(2, 4, 5), 0),
-                                             (nn.ConvTranspose2d(5, 3, 3), 1)])
+@pytest.mark.parametrize(
+    "layer, unit_dim", [(nn.Conv2d(3, 5, 3), 0), (nn.Conv1d(2, 4, 5), 0), (nn.ConvTranspose2d(5, 3, 3), 1)]
+)
 def test_conv_filters_and_transposed_units(layer, unit_dim):
     with torch.no_grad():
         layer.weight.mul_(20.0)
@@ -127,8 +132,9 @@ def test_resume_on_the_bound_bit_exact_and_counts_steps_plus_one(tmp_path):
 
     def fit(max_epochs, ckpt_path=None, save=False):
         model, cb = _classifier(lr=5.0), MaxNormConstraint(max_norm=C)
-        cbs = [cb] + ([ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_on_train_epoch_end=True)]
-                      if save else [])
+        cbs = [cb] + (
+            [ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_on_train_epoch_end=True)] if save else []
+        )
         trainer = quiet_trainer(max_epochs=max_epochs, callbacks=cbs, enable_checkpointing=save)
         trainer.fit(model, _data(), ckpt_path=ckpt_path)
         return model, cb
@@ -213,8 +219,13 @@ class _TwoOptimizers(LightningModule):
         self.manual_backward(loss)
         opt.step()
         layer = self.a if batch_idx % 2 == 0 else self.b
-        self.checks.append((type(opt.optimizer).__name__, float(row_norms(layer.weight).max()),
-                            torch.equal(other.weight, other_before)))
+        self.checks.append(
+            (
+                type(opt.optimizer).__name__,
+                float(row_norms(layer.weight).max()),
+                torch.equal(other.weight, other_before),
+            )
+        )
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.a.parameters(), lr=5.0), torch.optim.Adam(self.b.parameters(), lr=2.0)
@@ -284,8 +295,13 @@ def test_bad_arguments_raise_value_error(kwargs, fragment):
     assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize("kwargs, fragment", [(dict(include=["encoder.*"]), "`include` pattern 'encoder.*' matches no"),
-                                              (dict(exclude=["*.gamma"]), "`exclude` pattern '*.gamma' matches no")])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(include=["encoder.*"]), "`include` pattern 'encoder.*' matches no"),
+        (dict(exclude=["*.gamma"]), "`exclude` pattern '*.gamma' matches no"),
+    ],
+)
 def test_unmatched_patterns_fail_before_training(kwargs, fragment):
     model = _classifier(lr=1.0)
     with pytest.raises(ValueError, match=fragment.replace("*", r"\*").replace(".", r"\.")):

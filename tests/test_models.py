@@ -67,8 +67,13 @@ def test_head_size_is_inferred_from_a_dry_run():
 
 def _fit_steps(model: pl.LightningModule, steps: int, tmp_path) -> None:
     trainer = pl.Trainer(
-        max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
 
@@ -102,7 +107,9 @@ class MyClassifier(FeatureClassifier):
         return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
 
 
-@pytest.mark.parametrize("make", [lambda: FeatureClassifier(TinyNet()), lambda: MyClassifier()], ids=["passed-in", "subclass"])
+@pytest.mark.parametrize(
+    "make", [lambda: FeatureClassifier(TinyNet()), lambda: MyClassifier()], ids=["passed-in", "subclass"]
+)
 def test_user_feature_nets_train(make, tmp_path):
     pl.seed_everything(0)
     model = make()
@@ -144,8 +151,16 @@ def test_predict_step_returns_probabilities():
 def test_logged_metric_names(tmp_path):
     pl.seed_everything(0)
     model = FeatureClassifier(MLP(hidden=(16,)))
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, limit_test_batches=2, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     dm = DigitsDataModule(batch_size=32)
     trainer.fit(model, datamodule=dm)
     keys = set(trainer.callback_metrics)
@@ -160,7 +175,9 @@ def test_no_top5_with_five_classes_or_fewer():
     assert "val_acc_top5" not in model.val_metrics
 
 
-@pytest.mark.parametrize("features", [lambda: ConvNet(channels=(8,), hidden=(16,)), lambda: MLP(hidden=(16,), input_dropout=0.2)])
+@pytest.mark.parametrize(
+    "features", [lambda: ConvNet(channels=(8,), hidden=(16,)), lambda: MLP(hidden=(16,), input_dropout=0.2)]
+)
 def test_load_from_checkpoint_round_trip(features, tmp_path):
     pl.seed_everything(0)
     model = FeatureClassifier(features(), num_classes=10, input_shape=(1, 8, 8))
@@ -177,8 +194,14 @@ def test_load_from_checkpoint_round_trip(features, tmp_path):
 def test_user_module_without_spec_needs_features_on_load(tmp_path):
     model = FeatureClassifier(TinyNet())
     assert model.hparams["features"] is None
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
-                         limit_val_batches=0, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+    )
     trainer.fit(model, datamodule=DigitsDataModule())
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     loaded = FeatureClassifier.load_from_checkpoint(tmp_path / "m.ckpt", features=TinyNet())
@@ -223,10 +246,16 @@ def test_feature_net_that_fails_on_the_input_shape_is_named():
         (lambda: ConvNet(dropout=-0.5), r"`dropout` .* got -0.5"),
         (lambda: AlexNet(dropout=-1), r"`dropout` .* got -1"),
         (lambda: ConvNet(kernel_size=4), r"`kernel_size` must be odd"),
-        (lambda: ConvNet(channels=()), r"`channels` must be a non-empty sequence of positive ints \(one width per conv stage\), got \(\)"),
+        (
+            lambda: ConvNet(channels=()),
+            r"`channels` must be a non-empty sequence of positive ints \(one width per conv stage\), got \(\)",
+        ),
         (lambda: MLP(hidden=(8, 0)), r"`hidden` must be a non-empty sequence of positive ints .*got \(8, 0\)"),
         (lambda: MLP(activation="swishy"), r"`activation` must be one of .* got 'swishy'"),
-        (lambda: AlexNet(width=0), r"`width` must be a finite number > 0 \(a multiplier on the channel counts\), got 0"),
+        (
+            lambda: AlexNet(width=0),
+            r"`width` must be a finite number > 0 \(a multiplier on the channel counts\), got 0",
+        ),
         (lambda: FeatureClassifier(MLP(), input_shape=(1, 0, 8)), r"`input_shape` must be"),
     ],
 )
@@ -297,10 +326,14 @@ def test_factory_specs():
     from lightning_deepfeat.models._rebuild import factory_spec
 
     assert factory_spec(partial(torch.optim.Adam, lr=1e-3, betas=(0.9, 0.99))) == {
-        "class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3, "betas": (0.9, 0.99)}}
+        "class_path": "torch.optim.Adam",
+        "init_args": {"lr": 1e-3, "betas": (0.9, 0.99)},
+    }
     assert factory_spec(torch.optim.SGD) == {"class_path": "torch.optim.SGD", "init_args": {}}
     assert factory_spec(partial(torch.optim.lr_scheduler.StepLR, step_size=2)) == {
-        "class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 2}}
+        "class_path": "torch.optim.lr_scheduler.StepLR",
+        "init_args": {"step_size": 2},
+    }
     assert "a lambda" in factory_spec(lambda p: torch.optim.SGD(p, 0.1))["unrebuildable"]
     assert "positional" in factory_spec(partial(torch.optim.SGD, [], 0.1))["unrebuildable"]
     assert "not plain data" in factory_spec(partial(torch.optim.SGD, lr=torch.tensor(0.1)))["unrebuildable"]
@@ -312,7 +345,8 @@ def test_factory_spec_of_a_jsonargparse_class_path():
     This reads how jsonargparse builds the callable; if an upgrade changes it, this fails
     (and reloading such a checkpoint warns that the optimizer must be passed again).
     """
-    from typing import Any, Callable, Iterable
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
     from jsonargparse import ArgumentParser
 
@@ -329,7 +363,9 @@ def test_factory_spec_of_a_jsonargparse_class_path():
 def test_checkpoint_specs_import_nothing_new_and_no_standard_library():
     import sys
 
-    with pytest.raises(ValueError, match=r"`optimizer` names 'not_a_real_module_xyz.Opt', whose module is not imported"):
+    with pytest.raises(
+        ValueError, match=r"`optimizer` names 'not_a_real_module_xyz.Opt', whose module is not imported"
+    ):
         FeatureClassifier(MLP(hidden=(8,)), optimizer={"class_path": "not_a_real_module_xyz.Opt"})
     assert "not_a_real_module_xyz" not in sys.modules
     with pytest.raises(ValueError, match=r"`optimizer` names 'os.system', a standard-library callable"):

@@ -34,20 +34,29 @@ class PoisonBatch(Callback):
 
 def _model(lr: float = 0.05) -> FeatureClassifier:
     return FeatureClassifier(
-        features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.5), num_classes=10, input_shape=(1, 8, 8),
+        features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.5),
+        num_classes=10,
+        input_shape=(1, 8, 8),
         optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9),
     )
 
 
 def _trainer(tmp_path, callbacks, max_steps=12, recipe=True) -> Trainer:
     return Trainer(
-        accelerator="cpu", max_steps=max_steps, limit_val_batches=0, enable_progress_bar=False,
-        enable_model_summary=False, log_every_n_steps=1,
+        accelerator="cpu",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
         logger=CSVLogger(tmp_path / "logs", name="run", version=0),
-        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, save_last=True,
-                                   monitor=None),
-                   *([DivideLROnPlateau(check_every_n_steps=2, verbose=False), MaxNormConstraint()] if recipe else []),
-                   *callbacks],
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, save_last=True, monitor=None
+            ),
+            *([DivideLROnPlateau(check_every_n_steps=2, verbose=False), MaxNormConstraint()] if recipe else []),
+            *callbacks,
+        ],
     )
 
 
@@ -55,7 +64,10 @@ def test_poisoned_batch_stops_at_that_step_and_keeps_checkpoints_and_logs(tmp_pa
     seed_everything(0)
     model = _model()
     trainer = _trainer(tmp_path, [PoisonBatch(POISON_STEP)])
-    with pytest.raises(FloatingPointError, match=rf"Non-finite training loss \(nan\) at global step {POISON_STEP} \(epoch 0, batch {POISON_STEP}\)"):
+    with pytest.raises(
+        FloatingPointError,
+        match=rf"Non-finite training loss \(nan\) at global step {POISON_STEP} \(epoch 0, batch {POISON_STEP}\)",
+    ):
         trainer.fit(model, DigitsDataModule(batch_size=32))
     assert trainer.global_step == POISON_STEP  # the poisoned step was not taken
     for name, p in model.named_parameters():  # ... nor did any NaN reach the weights
@@ -63,7 +75,10 @@ def test_poisoned_batch_stops_at_that_step_and_keeps_checkpoints_and_logs(tmp_pa
 
     # every checkpoint written before loads, with weights_only, and holds finite weights
     last = tmp_path / "ckpt" / "last.ckpt"
-    steps = sorted(torch.load(p, weights_only=True, map_location="cpu")["global_step"] for p in (tmp_path / "ckpt").glob("epoch=*.ckpt"))
+    steps = sorted(
+        torch.load(p, weights_only=True, map_location="cpu")["global_step"]
+        for p in (tmp_path / "ckpt").glob("epoch=*.ckpt")
+    )
     assert steps == [3, 6]
     good = FeatureClassifier.load_from_checkpoint(last, weights_only=True, map_location="cpu")
     assert torch.load(last, weights_only=True)["global_step"] == 6

@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import re
-
 from pathlib import Path
 
 import pytest

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import Callback
 import torch
 import yaml
+from lightning.pytorch import Callback
 
 from _scaling_helpers import ROOT, parse_test_error, run_cli, subprocess_env
 
@@ -41,13 +41,28 @@ def _config(tmp: Path, name: str, extra_callbacks: list[dict] | None = None) -> 
         logger={"class_path": "CSVLogger", "init_args": {"save_dir": str(tmp / "logs"), "name": name}},
     )
     config["trainer"]["callbacks"] = [
-        {"class_path": "ModelCheckpoint",
-         "init_args": {"dirpath": str(tmp / f"ckpt_{name}"), "every_n_train_steps": EVERY, "save_top_k": 0,
-                       "save_last": True}},
+        {
+            "class_path": "ModelCheckpoint",
+            "init_args": {
+                "dirpath": str(tmp / f"ckpt_{name}"),
+                "every_n_train_steps": EVERY,
+                "save_top_k": 0,
+                "save_last": True,
+            },
+        },
         # patience 0 and a 40% relative threshold: the LR drops within the run (twice at most)
-        {"class_path": "_scaling_helpers.RecordingPlateau",  # DivideLROnPlateau recording what it decides on
-         "init_args": {"monitor": "train_error", "check_every_n_steps": 6, "patience": 0, "threshold": 0.4,
-                       "max_drops": 2, "verbose": False, "record": str(tmp / f"plateau_{name}.pt")}},
+        {
+            "class_path": "_scaling_helpers.RecordingPlateau",  # DivideLROnPlateau recording what it decides on
+            "init_args": {
+                "monitor": "train_error",
+                "check_every_n_steps": 6,
+                "patience": 0,
+                "threshold": 0.4,
+                "max_drops": 2,
+                "verbose": False,
+                "record": str(tmp / f"plateau_{name}.pt"),
+            },
+        },
         {"class_path": "lightning_deepfeat.callbacks.MaxNormConstraint", "init_args": {"max_norm": 1.0}},
         {"class_path": "_scaling_helpers.SaveFinalState", "init_args": {"path": str(tmp / f"final_{name}.pt")}},
         {"class_path": "_scaling_helpers.RecordLRs", "init_args": {"path": str(tmp / f"lrs_{name}.pt")}},
@@ -78,10 +93,18 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
 
     # 2. the same run, killed with SIGKILL while it is inside epoch 1
     marker = tmp_path / "hanging"
-    killed_cfg = _config(tmp_path, "run", [{"class_path": "_scaling_helpers.BlockAtStep",
-                                            "init_args": {"step": KILL_AT, "marker": str(marker)}}])
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_deepfeat", "fit", "--config", str(killed_cfg)],
-                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed_cfg = _config(
+        tmp_path,
+        "run",
+        [{"class_path": "_scaling_helpers.BlockAtStep", "init_args": {"step": KILL_AT, "marker": str(marker)}}],
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_deepfeat", "fit", "--config", str(killed_cfg)],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():
@@ -102,15 +125,19 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert not (tmp_path / "final_run.pt").exists()
 
     # 3. resume from the last checkpoint
-    resumed = run_cli(["fit", "--config", str(_config(tmp_path, "run")), "--ckpt_path", "last",
-                       "--weights_only", "true"], cwd=tmp_path)  # nothing in our checkpoints needs pickle
+    resumed = run_cli(
+        ["fit", "--config", str(_config(tmp_path, "run")), "--ckpt_path", "last", "--weights_only", "true"],
+        cwd=tmp_path,
+    )  # nothing in our checkpoints needs pickle
 
     a = torch.load(tmp_path / "final_ref.pt", weights_only=True)
     b = torch.load(tmp_path / "final_run.pt", weights_only=True)
     assert int(a["global_step"]) == int(b["global_step"]) == 2 * BATCHES_PER_EPOCH
     # weights: bitwise
     for key, value in a["weights"].items():
-        assert torch.equal(value, b["weights"][key]), f"{key} differs after resume: max |d| = {(value - b['weights'][key]).abs().max()}"
+        assert torch.equal(value, b["weights"][key]), (
+            f"{key} differs after resume: max |d| = {(value - b['weights'][key]).abs().max()}"
+        )
     # learning-rate schedule: the plateau dropped the LR, and at the same steps
     lrs_ref = torch.load(tmp_path / "lrs_ref.pt", weights_only=True)
     lrs_run = torch.load(tmp_path / "lrs_run.pt", weights_only=True)  # only the resumed process's steps
@@ -130,7 +157,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert a["metrics"].keys() == b["metrics"].keys()
     assert {"train_error", "train_loss", "val_error"} <= set(a["metrics"])
     for key in a["metrics"]:
-        assert torch.equal(a["metrics"][key], b["metrics"][key]), f"metric {key}: {a['metrics'][key]} != {b['metrics'][key]}"
+        assert torch.equal(a["metrics"][key], b["metrics"][key]), (
+            f"metric {key}: {a['metrics'][key]} != {b['metrics'][key]}"
+        )
     ref_rows, run_rows = _csv_rows(tmp_path, "ref"), _csv_rows(tmp_path, "run")
     lr_ref, lr_run = _by(ref_rows, "lr", "step"), _by(run_rows, "lr", "step")  # logged by the plateau callback
     # the resumed log starts at the checkpoint's step with the restored LR, then follows the reference
@@ -160,8 +189,16 @@ def test_saved_loader_position_counts_consumed_batches_not_prefetched_ones():
 
     seed_everything(0)
     probe = _LoaderPosition()
-    trainer = Trainer(max_steps=5, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                      enable_model_summary=False, limit_val_batches=0, callbacks=[probe])
+    trainer = Trainer(
+        max_steps=5,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[probe],
+    )
     trainer.fit(FeatureClassifier(), DigitsDataModule(batch_size=32))
     assert probe.seen == [(i, i) for i in range(1, 6)]
 
@@ -182,16 +219,36 @@ def _ddp_fit(tmp: Path, name: str, ckpt_path: str | None = None) -> None:
     from lightning_deepfeat.models import ConvNet
 
     seed_everything(0)
-    model = FeatureClassifier(features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.5), num_classes=10,
-                              input_shape=(1, 8, 8), optimizer=_sgd)
+    model = FeatureClassifier(
+        features=ConvNet(channels=[8, 16], hidden=[32], dropout=0.5),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        optimizer=_sgd,
+    )
     trainer = Trainer(
-        accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo", start_method="spawn"),
-        max_epochs=2, limit_val_batches=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(process_group_backend="gloo", start_method="spawn"),
+        max_epochs=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         deterministic=True,
-        callbacks=[ModelCheckpoint(dirpath=tmp / f"ckpt_{name}", every_n_train_steps=EVERY, save_top_k=-1),
-                   RecordingPlateau(monitor="train_error", check_every_n_steps=6, patience=0, threshold=0.4,
-                                    max_drops=2, verbose=False, record=str(tmp / f"plateau_{name}.pt")),
-                   MaxNormConstraint(max_norm=1.0), SaveFinalState(str(tmp / f"final_{name}.pt"))],
+        callbacks=[
+            ModelCheckpoint(dirpath=tmp / f"ckpt_{name}", every_n_train_steps=EVERY, save_top_k=-1),
+            RecordingPlateau(
+                monitor="train_error",
+                check_every_n_steps=6,
+                patience=0,
+                threshold=0.4,
+                max_drops=2,
+                verbose=False,
+                record=str(tmp / f"plateau_{name}.pt"),
+            ),
+            MaxNormConstraint(max_norm=1.0),
+            SaveFinalState(str(tmp / f"final_{name}.pt")),
+        ],
     )
     trainer.fit(model, DigitsDataModule(batch_size=16, translate=1), ckpt_path=ckpt_path)
 
@@ -202,9 +259,14 @@ def test_ddp_resume_mid_epoch_equals_uninterrupted(tmp_path):
     _ddp_fit(tmp_path, "ref")
     ckpt = tmp_path / "ckpt_ref" / f"epoch=1-step={LAST_CKPT_STEP}.ckpt"
     saved = torch.load(ckpt, weights_only=True)
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == LAST_CKPT_STEP - BATCHES_PER_EPOCH
+    assert (
+        saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"]
+        == LAST_CKPT_STEP - BATCHES_PER_EPOCH
+    )
     # the running training metrics are those of both processes: 2 × 16 samples per batch
-    assert int(saved["deepfeat_train_metrics"]["states"]["train_loss"]["weight"]) == 2 * 16 * (LAST_CKPT_STEP - BATCHES_PER_EPOCH)
+    assert int(saved["deepfeat_train_metrics"]["states"]["train_loss"]["weight"]) == 2 * 16 * (
+        LAST_CKPT_STEP - BATCHES_PER_EPOCH
+    )
     _ddp_fit(tmp_path, "run", ckpt_path=str(ckpt))
 
     a = torch.load(tmp_path / "final_ref.pt", weights_only=True)

@@ -89,8 +89,11 @@ def test_check_int_accepts(kwargs, value, expected):
         ({"high": 5}, 6, "`n` must be an int <= 5, got 6."),
         ({}, 1.0, "`n` must be an int, got 1.0."),
         ({"low": 1, "allow_none": True}, 0, "`n` must be a positive int or None, got 0."),
-        ({"low": 0, "allow_none": True, "hint": "None: no limit"}, -2,
-         "`n` must be an int >= 0 or None (None: no limit), got -2."),
+        (
+            {"low": 0, "allow_none": True, "hint": "None: no limit"},
+            -2,
+            "`n` must be an int >= 0 or None (None: no limit), got -2.",
+        ),
     ],
 )
 def test_check_int_rejects(kwargs, value, message):
@@ -129,11 +132,17 @@ def test_check_number_accepts(kwargs, value, expected):
         ({"high": 2.5, "high_open": True}, 2.5, "`x` must be a finite number < 2.5, got 2.5."),
         ({"high": 2.5}, 3, "`x` must be a finite number <= 2.5, got 3."),
         ({"low": 0.0, "high": 1.0}, 1.5, "`x` must be a finite number in [0, 1], got 1.5."),
-        ({"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}, 0,
-         "`x` must be a finite number in (0, 1), got 0."),
+        (
+            {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True},
+            0,
+            "`x` must be a finite number in (0, 1), got 0.",
+        ),
         ({"low": 1e-8}, 0.0, "`x` must be a finite number >= 1e-08, got 0.0."),
-        ({"low": 0.0, "low_open": True, "allow_none": True, "hint": "None: the factory's own"}, -1,
-         "`x` must be a finite number > 0 or None (None: the factory's own), got -1."),
+        (
+            {"low": 0.0, "low_open": True, "allow_none": True, "hint": "None: the factory's own"},
+            -1,
+            "`x` must be a finite number > 0 or None (None: the factory's own), got -1.",
+        ),
     ],
 )
 def test_check_number_rejects(kwargs, value, message):
@@ -263,10 +272,16 @@ def test_check_ints_accepts(kwargs, value, expected):
         ({"low": 1, "non_empty": True}, [], "`widths` must be a non-empty sequence of positive ints, got []."),
         ({"low": 0}, [-1], "`widths` must be a sequence of ints >= 0, got [-1]."),
         ({}, [1.5], "`widths` must be a sequence of ints, got [1.5]."),
-        ({"allow_int": True, "allow_none": True}, "x",
-         "`widths` must be an int or a sequence of ints or None, got 'x'."),
-        ({"low": 1, "hint": "one per layer"}, [0],
-         "`widths` must be a sequence of positive ints (one per layer), got [0]."),
+        (
+            {"allow_int": True, "allow_none": True},
+            "x",
+            "`widths` must be an int or a sequence of ints or None, got 'x'.",
+        ),
+        (
+            {"low": 1, "hint": "one per layer"},
+            [0],
+            "`widths` must be a sequence of positive ints (one per layer), got [0].",
+        ),
     ],
 )
 def test_check_ints_rejects(kwargs, value, message):
@@ -287,10 +302,18 @@ def test_check_pair_accepts(value, expected):
     assert check_pair("shift", value) == expected
 
 
-@pytest.mark.parametrize(("value", "low", "allowed"), [
-    (-1, 0, "an int >= 0"), ((1, 2, 3), 0, "an int >= 0"), ((1, -1), 0, "an int >= 0"),
-    (True, 0, "an int >= 0"), ("22", 0, "an int >= 0"), (0, 1, "a positive int"), ((2, 0), 1, "a positive int"),
-])
+@pytest.mark.parametrize(
+    ("value", "low", "allowed"),
+    [
+        (-1, 0, "an int >= 0"),
+        ((1, 2, 3), 0, "an int >= 0"),
+        ((1, -1), 0, "an int >= 0"),
+        (True, 0, "an int >= 0"),
+        ("22", 0, "an int >= 0"),
+        (0, 1, "a positive int"),
+        ((2, 0), 1, "a positive int"),
+    ],
+)
 def test_check_pair_rejects(value, low, allowed):
     with _raises(f"`shift` must be {allowed} or a pair of them (y, x), got {value!r}."):
         check_pair("shift", value, low=low)
@@ -301,8 +324,10 @@ def test_check_patterns():
     assert check_patterns("include", "features.*") == ["features.*"]
     assert check_patterns("include", ("a.*", "b")) == ["a.*", "b"]
     for bad in ([3], [""], 3, ["ok", None]):
-        with _raises(f"`include` must be a list of non-empty fnmatch patterns over parameter names "
-                     f"(such as ['features.*']), got {bad!r}."):
+        with _raises(
+            f"`include` must be a list of non-empty fnmatch patterns over parameter names "
+            f"(such as ['features.*']), got {bad!r}."
+        ):
             check_patterns("include", bad)
 
 
@@ -327,12 +352,24 @@ def _cli_error(args: list[str]) -> str:
 @pytest.mark.parametrize(
     ("args", "option", "allowed", "bad"),
     [
-        (["--trainer.callbacks+=DivideLROnPlateau", "--trainer.callbacks.mode", "mx"],
-         "--trainer.callbacks.mode", ["'min'", "'max'"], "'mx'"),
-        (["--trainer.callbacks+=DivideLROnPlateau", "--trainer.callbacks.threshold_mode", "relative"],
-         "--trainer.callbacks.threshold_mode", ["'rel'", "'abs'"], "'relative'"),
-        (["--model.init_args.features.init_args.activation", "swishy"],
-         "activation", ["'relu'", "'gelu'", "'tanh'", "'sigmoid'", "'leaky_relu'", "'elu'"], "'swishy'"),
+        (
+            ["--trainer.callbacks+=DivideLROnPlateau", "--trainer.callbacks.mode", "mx"],
+            "--trainer.callbacks.mode",
+            ["'min'", "'max'"],
+            "'mx'",
+        ),
+        (
+            ["--trainer.callbacks+=DivideLROnPlateau", "--trainer.callbacks.threshold_mode", "relative"],
+            "--trainer.callbacks.threshold_mode",
+            ["'rel'", "'abs'"],
+            "'relative'",
+        ),
+        (
+            ["--model.init_args.features.init_args.activation", "swishy"],
+            "activation",
+            ["'relu'", "'gelu'", "'tanh'", "'sigmoid'", "'leaky_relu'", "'elu'"],
+            "'swishy'",
+        ),
     ],
     ids=["plateau-mode", "plateau-threshold_mode", "convnet-activation"],
 )

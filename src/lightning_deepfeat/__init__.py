@@ -5,8 +5,7 @@ regression, trained end to end with minibatch SGD, packaged as PyTorch Lightning
 components: models, callbacks, data modules and a LightningCLI.
 """
 
-from lightning_deepfeat.version import __version__
-
 from lightning_deepfeat.models import MLP, AlexNet, ConvNet, FeatureClassifier
+from lightning_deepfeat.version import __version__
 
 __all__ = ["MLP", "AlexNet", "ConvNet", "FeatureClassifier", "__version__"]

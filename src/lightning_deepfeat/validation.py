@@ -227,8 +227,9 @@ def check_choice(name: str, value: Any, choices: Any, *, hint: str = "") -> Any:
     return value
 
 
-def check_instance(name: str, value: Any, types: type | tuple[type, ...], *, what: str,
-                   allow_none: bool = False) -> Any:
+def check_instance(
+    name: str, value: Any, types: type | tuple[type, ...], *, what: str, allow_none: bool = False
+) -> Any:
     """``value`` if it is an instance of ``types`` (or ``None`` when allowed).
 
     ``what`` describes the allowed values (``"an nn.Module"``). The message names the type
@@ -337,4 +338,3 @@ def check_patterns(name: str, value: Any, *, hint: str = "such as ['features.*']
 def check_each(name: str, values: Any, check: Callable[..., T], **kwargs: Any) -> list[T]:
     """``[check(f"{name}[i]", v, **kwargs) for i, v in enumerate(values)]``: the message names the bad element."""
     return [check(f"{name}[{i}]", v, **kwargs) for i, v in enumerate(values)]
-

@@ -23,8 +23,11 @@ def same_logged_value(a: Any, b: Any) -> bool:
         return True
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return False
-    return (a.device == b.device and a.storage_offset() == b.storage_offset()
-            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+    return (
+        a.device == b.device
+        and a.storage_offset() == b.storage_offset()
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    )
 
 
 def reduce_mean_consistent(trainer: Any, value: torch.Tensor) -> torch.Tensor:

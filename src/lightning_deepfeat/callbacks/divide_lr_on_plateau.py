@@ -217,7 +217,9 @@ class DivideLROnPlateau(Callback):
     # ------------------------------------------------------------------ state
     @property
     def state_key(self) -> str:
-        return callback_state_key(self, monitor=self.monitor, mode=self.mode, check_every_n_steps=self.check_every_n_steps)
+        return callback_state_key(
+            self, monitor=self.monitor, mode=self.mode, check_every_n_steps=self.check_every_n_steps
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -338,7 +340,9 @@ class DivideLROnPlateau(Callback):
             )
         self._optimizers = list(trainer.optimizers)
         if not self._optimizers:
-            raise MisconfigurationException("DivideLROnPlateau needs at least one optimizer; the module configured none.")
+            raise MisconfigurationException(
+                "DivideLROnPlateau needs at least one optimizer; the module configured none."
+            )
         groups = [g for opt in self._optimizers for g in opt.param_groups]
         self._floors(groups)  # validate min_lr length now
         # Base rates of the warm-up: restored ones on resume (the optimizers' rates are restored only
@@ -374,8 +378,12 @@ class DivideLROnPlateau(Callback):
         if state is None:
             return
         device = pl_module.device
-        window = torch.stack([torch.as_tensor(self._window_sum, dtype=torch.float64).to(device).reshape(()),
-                              torch.as_tensor(self._window_count, dtype=torch.float64).to(device).reshape(())])
+        window = torch.stack(
+            [
+                torch.as_tensor(self._window_sum, dtype=torch.float64).to(device).reshape(()),
+                torch.as_tensor(self._window_count, dtype=torch.float64).to(device).reshape(()),
+            ]
+        )
         window = trainer.strategy.reduce(window, reduce_op="mean")
         state["window_sum"], state["window_count"] = float(window[0]), float(window[1])
         has_base = torch.tensor(0.0 if self._counts_base is None else 1.0, dtype=torch.float64, device=device)
@@ -446,7 +454,9 @@ class DivideLROnPlateau(Callback):
             return  # it may be a validation metric of a validation that has not run yet
         self._missing(trainer)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.check_every_n_steps is None:
             if trainer.is_last_batch:  # one read per epoch: tells an epoch value from the last step's
                 self._last_step_value = trainer.callback_metrics.get(self.monitor)
@@ -514,8 +524,10 @@ class DivideLROnPlateau(Callback):
 
     def _missing_step_value(self, trainer: Trainer, value: Any) -> None:
         m, n = self.monitor, self.check_every_n_steps
-        fix = (f"Log it at every step, `self.log({m!r}, value, on_step=True)` in `training_step`, or drop "
-               "`check_every_n_steps` to check once per epoch.")
+        fix = (
+            f"Log it at every step, `self.log({m!r}, value, on_step=True)` in `training_step`, or drop "
+            "`check_every_n_steps` to check once per epoch."
+        )
         if value is not None:  # visible, but never logged at a training step: an epoch (or validation) value
             self._fail(
                 f"DivideLROnPlateau(monitor={m!r}, check_every_n_steps={n}) checks the mean of the values logged "

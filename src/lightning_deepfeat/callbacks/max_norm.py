@@ -132,16 +132,22 @@ class MaxNormConstraint(Callback):
             self.module_types = _DEFAULT_TYPES
         else:
             if isinstance(module_types, (str, type)) or not isinstance(module_types, Sequence) or not module_types:
-                raise fail("module_types", "a non-empty list of nn.Module classes or names", module_types,
-                           hint="such as ['Linear', 'Conv2d']")
+                raise fail(
+                    "module_types",
+                    "a non-empty list of nn.Module classes or names",
+                    module_types,
+                    hint="such as ['Linear', 'Conv2d']",
+                )
             self.module_types = tuple(_resolve_type(t) for t in module_types)
         self.include: list[str] = check_patterns("include", include)
         self.exclude: list[str] = check_patterns("exclude", exclude)
         self.exclude_head: bool = check_bool("exclude_head", exclude_head)
-        self.dim: int | None = check_int("dim", dim, allow_none=True,
-                                         hint="the unit axis; None: 0, or 1 for transposed convolutions")
-        self.log_every_n_steps: int | None = check_int("log_every_n_steps", log_every_n_steps, low=1, allow_none=True,
-                                                       hint="None: never")
+        self.dim: int | None = check_int(
+            "dim", dim, allow_none=True, hint="the unit axis; None: 0, or 1 for transposed convolutions"
+        )
+        self.log_every_n_steps: int | None = check_int(
+            "log_every_n_steps", log_every_n_steps, low=1, allow_none=True, hint="None: never"
+        )
 
         self.constrained: dict[str, tuple[torch.Tensor, int]] = {}
         self.num_applications = 0  #: number of projections run (fit start + each real optimizer step)

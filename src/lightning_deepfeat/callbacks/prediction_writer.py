@@ -51,8 +51,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self, output: str | os.PathLike[str] | None = None, float_format: str = "{:.6g}") -> None:
         super().__init__(write_interval="batch")
-        self.output: Path | None = check_path("output", output, kind="file", allow_none=True,
-                                              hint="None: predictions.csv in the run's log folder")
+        self.output: Path | None = check_path(
+            "output", output, kind="file", allow_none=True, hint="None: predictions.csv in the run's log folder"
+        )
         try:
             float_format.format(0.5)
         except (AttributeError, ValueError, IndexError, KeyError) as err:
@@ -64,7 +65,11 @@ class PredictionWriter(BasePredictionWriter):
         self._position = 0
 
     def _path(self, trainer: Trainer) -> Path:
-        path = self.output if self.output is not None else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
+        path = (
+            self.output
+            if self.output is not None
+            else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
+        )
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         return path

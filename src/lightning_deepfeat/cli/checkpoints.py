@@ -94,7 +94,8 @@ def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, path: 
         details.append(f"{len(unexpected)} unknown weight(s), e.g. {unexpected[0]}")
     raise ValueError(
         f"{str(path)!r} is a checkpoint of another model{origin} than this {type(model).__name__}: "
-        + "; ".join(details) + ". Pass the config the checkpoint was trained with (--config)."
+        + "; ".join(details)
+        + ". Pass the config the checkpoint was trained with (--config)."
     )
 
 
@@ -114,7 +115,10 @@ def config_from_hyperparameters(checkpoint: dict[str, Any]) -> dict[str, Any] | 
     for the model and for a data module that saves its hyper-parameters (ours do).
     """
     sections = {}
-    for key, hparams in (("model", checkpoint.get("hyper_parameters")), ("data", checkpoint.get("datamodule_hyper_parameters"))):
+    for key, hparams in (
+        ("model", checkpoint.get("hyper_parameters")),
+        ("data", checkpoint.get("datamodule_hyper_parameters")),
+    ):
         if not isinstance(hparams, dict) or "_class_path" not in hparams:
             return None
         init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}

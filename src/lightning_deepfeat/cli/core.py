@@ -15,11 +15,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from lightning_deepfeat.version import __version__
 from lightning_deepfeat.callbacks.prediction_writer import PredictionWriter
 from lightning_deepfeat.cli.checkpoints import check_weights_fit, read_checkpoint
 from lightning_deepfeat.cli.errors import condense_parse_error, debug_requested
 from lightning_deepfeat.models.classifier import FeatureClassifier
+from lightning_deepfeat.version import __version__
 
 #: what a data module tells the model, and the model argument that receives it
 DATA_TO_MODEL = {"num_classes": "num_classes", "image_shape": "input_shape"}
@@ -115,7 +115,9 @@ class DeepFeatArgumentParser(LightningArgumentParser):
                     link_data_to_model(config)
                 except Exception:  # an invalid config is reported by the parse itself, not here
                     pass
-                if _get(config, "optimizer") is not None and _get(_get(_get(config, "model"), "init_args"), "optimizer"):
+                if _get(config, "optimizer") is not None and _get(
+                    _get(_get(config, "model"), "init_args"), "optimizer"
+                ):
                     # `--optimizer` replaces the module's own optimizer: showing both reads like two optimizers
                     del config["model.init_args.optimizer"]
         return super().dump(cfg, *args, **kwargs)
@@ -160,13 +162,22 @@ class DeepFeatCLI(LightningCLI):
         """A :class:`DeepFeatArgumentParser` (whose dumps show the values taken from the data module)."""
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.pytorch.__version__}"])
         parser = DeepFeatArgumentParser(**kwargs)
-        parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format.")
+        parser.add_argument(
+            "-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format."
+        )
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--test_after_fit", type=bool, default=True, help="Evaluate the best checkpoint on the test split after fit.")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="Evaluate the best checkpoint on the test split after fit.",
+        )
         if self.model_class is None:  # any LightningModule; FeatureClassifier unless --model says otherwise
-            parser.set_defaults({"model": {"class_path": f"{FeatureClassifier.__module__}.{FeatureClassifier.__qualname__}"}})
+            parser.set_defaults(
+                {"model": {"class_path": f"{FeatureClassifier.__module__}.{FeatureClassifier.__qualname__}"}}
+            )
 
     def before_instantiate_classes(self) -> None:
         """Give the model the data module's ``num_classes`` and ``image_shape`` (see :func:`link_data_to_model`).
@@ -192,7 +203,11 @@ class DeepFeatCLI(LightningCLI):
         """Refuse a ``--ckpt_path`` that cannot be read or holds another model's weights, before any work."""
         config = self.config.get(self.subcommand, {}) if self.subcommand else {}
         ckpt_path = config.get("ckpt_path") if hasattr(config, "get") else None
-        if ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
+        if (
+            ckpt_path
+            and ckpt_path not in ("best", "last", "hpc", "registry")
+            and not str(ckpt_path).startswith("registry:")
+        ):
             check_weights_fit(read_checkpoint(ckpt_path), self.model, ckpt_path)
 
     def after_fit(self) -> None:
@@ -200,8 +215,10 @@ class DeepFeatCLI(LightningCLI):
             return
         if self.trainer.interrupted or not is_overridden("test_step", self.model):
             return  # a module without a test step (any LightningModule may come through --model)
-        has_test_data = is_overridden("test_dataloader", self.datamodule) if self.datamodule is not None else (
-            is_overridden("test_dataloader", self.model)
+        has_test_data = (
+            is_overridden("test_dataloader", self.datamodule)
+            if self.datamodule is not None
+            else (is_overridden("test_dataloader", self.model))
         )
         if not has_test_data:
             return
@@ -220,4 +237,11 @@ class DeepFeatCLI(LightningCLI):
             )
 
 
-__all__ = ["DATA_TO_MODEL", "DeepFeatArgumentParser", "DeepFeatCLI", "data_description", "link_data_to_model", "model_accepts"]
+__all__ = [
+    "DATA_TO_MODEL",
+    "DeepFeatArgumentParser",
+    "DeepFeatCLI",
+    "data_description",
+    "link_data_to_model",
+    "model_accepts",
+]

@@ -41,9 +41,16 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
 def known_class_names() -> set[str]:
     """Short names of the classes a config may name: ours, torch's layers and optimizers, Lightning's callbacks."""
     modules = [
-        "lightning_deepfeat.models", "lightning_deepfeat.data", "lightning_deepfeat.callbacks",
-        "lightning_deepfeat.probes", "lightning_deepfeat.viz", "torch.nn", "torch.optim",
-        "torch.optim.lr_scheduler", "lightning.pytorch.callbacks", "lightning.pytorch.loggers",
+        "lightning_deepfeat.models",
+        "lightning_deepfeat.data",
+        "lightning_deepfeat.callbacks",
+        "lightning_deepfeat.probes",
+        "lightning_deepfeat.viz",
+        "torch.nn",
+        "torch.optim",
+        "torch.optim.lr_scheduler",
+        "lightning.pytorch.callbacks",
+        "lightning.pytorch.loggers",
     ]
     names: set[str] = set()
     for module_name in modules:
@@ -97,10 +104,16 @@ def condense_parse_error(message: str) -> str:
         what = f" of {owner_path.rsplit('.', 1)[-1]}" if owner_path else ""
         return f"unknown argument {bad!r}{what}.{did_you_mean(bad, known)}"
 
-    bad_class = re.search(r"Expected a dot import path string: (\S+)", message) or re.search(
-        r"Import path (\S+) does not correspond", message
-    ) or re.search(r"No module named '([^']+)'", message)
-    if bad_class and ("class_path" in where or "Import path" in message or not re.search(r"Expected a <class '(int|float|bool|str)'>", message)):
+    bad_class = (
+        re.search(r"Expected a dot import path string: (\S+)", message)
+        or re.search(r"Import path (\S+) does not correspond", message)
+        or re.search(r"No module named '([^']+)'", message)
+    )
+    if bad_class and (
+        "class_path" in where
+        or "Import path" in message
+        or not re.search(r"Expected a <class '(int|float|bool|str)'>", message)
+    ):
         name = bad_class.group(1).rstrip(":.,")
         return f"{option}: {name!r} is not a class that fits here.{did_you_mean(name.rsplit('.', 1)[-1], known_class_names())}"
 
@@ -115,9 +128,13 @@ def condense_parse_error(message: str) -> str:
         or_null = " or null" if re.search(r"Subtypes: \[[^\n]*Literal\[[^\n]*NoneType", message) else ""
         return f"{option} must be one of {literal.group(1).strip()}{or_null}, got {value!r}."
     if expected:
-        allowed = " or ".join(dict.fromkeys(_TYPE_NAMES.get(t.rsplit(".", 1)[-1], t.rsplit(".", 1)[-1]) for t in expected))
+        allowed = " or ".join(
+            dict.fromkeys(_TYPE_NAMES.get(t.rsplit(".", 1)[-1], t.rsplit(".", 1)[-1]) for t in expected)
+        )
         return f"{option} must be {allowed}, got {value!r}."
-    choices = re.search(r"Expected one of \[?([^\]\n]+)\]?", message) or re.search(r"invalid choice: .*?\(choose from ([^)]+)\)", message)
+    choices = re.search(r"Expected one of \[?([^\]\n]+)\]?", message) or re.search(
+        r"invalid choice: .*?\(choose from ([^)]+)\)", message
+    )
     if choices:
         return f"{option} must be one of {choices.group(1).strip()}, got {value!r}."
     first = next((line.strip() for line in message.splitlines() if line.strip()), message)
@@ -145,6 +162,11 @@ def condense_exception(err: BaseException, limit: int = 600) -> str:
 
 
 __all__ = [
-    "DEBUG_ENV", "DEBUG_FLAG", "condense_exception", "condense_parse_error", "debug_requested", "did_you_mean",
+    "DEBUG_ENV",
+    "DEBUG_FLAG",
+    "condense_exception",
+    "condense_parse_error",
+    "debug_requested",
+    "did_you_mean",
     "known_class_names",
 ]

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_deepfeat.version import __version__
 from lightning_deepfeat.cli.checkpoints import config_from_hyperparameters, read_checkpoint, run_config_of
 from lightning_deepfeat.cli.errors import DEBUG_FLAG, condense_exception, debug_requested, did_you_mean
 from lightning_deepfeat.cli.recipes import format_recipes, resolve_config_args
+from lightning_deepfeat.version import __version__
 
 PROG = "deepfeat"
 
@@ -124,8 +124,11 @@ def main(args: Sequence[str] | None = None, **kwargs: Any) -> Any:
         raise SystemExit(0)
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:
-        print(f"{PROG}: error: unknown subcommand {command!r}.{did_you_mean(command, SUBCOMMANDS)} "
-              f"(`{PROG} --help` lists them)", file=sys.stderr)
+        print(
+            f"{PROG}: error: unknown subcommand {command!r}.{did_you_mean(command, SUBCOMMANDS)} "
+            f"(`{PROG} --help` lists them)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     if command == "recipes":
         if rest and rest[0] in ("-h", "--help"):
@@ -158,11 +161,16 @@ def main(args: Sequence[str] | None = None, **kwargs: Any) -> Any:
             return visualize_main(rest, **kwargs)
         from lightning_deepfeat.cli.core import DeepFeatCLI
 
-        if not any(a in ("--config", "-c") or a.startswith("--config=") for a in rest) and command == "fit" and (
-            "-h" not in rest and "--help" not in rest and "--print_config" not in rest
+        if (
+            not any(a in ("--config", "-c") or a.startswith("--config=") for a in rest)
+            and command == "fit"
+            and ("-h" not in rest and "--help" not in rest and "--print_config" not in rest)
         ):
-            print(f"{PROG} fit: no --config, so Lightning's defaults apply (max_epochs=1000, no plateau drops, no "
-                  f"max-norm, no augmentation); `{PROG} fit --config digits` runs a full recipe.", file=sys.stderr)
+            print(
+                f"{PROG} fit: no --config, so Lightning's defaults apply (max_epochs=1000, no plateau drops, no "
+                f"max-norm, no augmentation); `{PROG} fit --config digits` runs a full recipe.",
+                file=sys.stderr,
+            )
         return DeepFeatCLI(args=[command, *rest], **kwargs)
 
 

@@ -26,8 +26,9 @@ import importlib
 import inspect
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -246,7 +247,9 @@ def build_factory(spec: Any, argument: str, owner: str) -> Callable[..., Any]:
     # the standard library's callables (os, subprocess, builtins, ...) are never optimizers: refuse them
     top = str(getattr(target, "__module__", None) or "").split(".")[0]
     if top in sys.stdlib_module_names or top == "builtins":
-        raise ValueError(f"`{argument}` names {path!r}, a standard-library callable, not an optimizer or scheduler factory.")
+        raise ValueError(
+            f"`{argument}` names {path!r}, a standard-library callable, not an optimizer or scheduler factory."
+        )
     return functools.partial(target, **init_args) if init_args else target
 
 

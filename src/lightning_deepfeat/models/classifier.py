@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 import math
 import types
-from collections.abc import Iterable, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,6 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_deepfeat.version import __version__
 from lightning_deepfeat.batches import IndexBatch
 from lightning_deepfeat.metrics import ClassificationError
 from lightning_deepfeat.models._rebuild import (
@@ -31,6 +30,7 @@ from lightning_deepfeat.models._rebuild import (
 )
 from lightning_deepfeat.models.convnet import ConvNet
 from lightning_deepfeat.validation import check_callable, check_instance, check_int, check_number, check_shape
+from lightning_deepfeat.version import __version__
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
@@ -385,7 +385,7 @@ class FeatureClassifier(LightningModule):
             return None
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
         total = trainer.num_training_batches
-        if not (0 < done and (not isinstance(total, int) or done < total)):
+        if not (done > 0 and (not isinstance(total, int) or done < total)):
             return None  # at an epoch boundary there is nothing to carry over
         states: dict[str, dict[str, torch.Tensor]] = {}
         for name, metric in self.train_metrics.items():

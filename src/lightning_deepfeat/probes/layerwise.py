@@ -176,7 +176,8 @@ def format_table(runs: Sequence[LayerwiseRun]) -> str:
 
 def write_layerwise_outputs(runs: Sequence[LayerwiseRun], out_dir: str, title: str = "") -> dict[str, str]:
     """Write ``layerwise_losses.csv`` (step, run, loss), ``layerwise_summary.csv``,
-    ``layerwise_table.md`` and ``layerwise_losses.png`` (640×400) into ``out_dir``."""
+    ``layerwise_table.md`` and ``layerwise_losses.png`` (640×400) into ``out_dir``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
