@@ -125,7 +125,8 @@ def condense_parse_error(message: str) -> str:
     literal = re.search(r"Expected a (?:typing(?:_extensions)?\.)?Literal\[(.+?)\](?:\.|$)", message, re.MULTILINE)
     if literal:
         # None is allowed only where the Literal itself is Optional, not where a union around it is
-        or_null = " or null" if re.search(r"Subtypes: \[[^\n]*Literal\[[^\n]*NoneType", message) else ""
+        subtypes = re.search(r"Subtypes: \[([^\n]*)\]", message)  # listed in either order, by version
+        or_null = " or null" if subtypes and "Literal[" in subtypes[1] and "NoneType" in subtypes[1] else ""
         return f"{option} must be one of {literal.group(1).strip()}{or_null}, got {value!r}."
     if expected:
         allowed = " or ".join(
