@@ -38,7 +38,8 @@ ALL = ("overhead", "maxnorm", "translation", "accuracy")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 REPO = Path(__file__).resolve().parent.parent
 
-#: Fashion-MNIST test accuracies published in the data set's benchmark table (Xiao et al. 2017, zalandoresearch/fashion-mnist README).
+#: Fashion-MNIST test accuracies published in the data set's benchmark table
+#: (Xiao et al. 2017, zalandoresearch/fashion-mnist README).
 PUBLISHED = [
     {"method": "2 Conv + pooling (published)", "test_acc": 0.916},
     {"method": "2 Conv + 3 FC (published)", "test_acc": 0.932},
@@ -179,12 +180,14 @@ def accuracy(quick: bool) -> dict[str, Any]:
     )
     if quick:
         print(
-            "(quick mode: the Fashion-MNIST time-to-accuracy row comes from the full run, `python -m benchmarks --only accuracy`)"
+            "(quick mode: the Fashion-MNIST time-to-accuracy row comes from the full run, "
+            "`python -m benchmarks --only accuracy`)"
         )
     elif "final_test_acc" in summary:
         acc = summary["final_test_acc"]
         print(
-            f"target: final test accuracy >= {ACCURACY_TARGET:.1%}: {'met' if acc >= ACCURACY_TARGET else 'NOT met'} ({acc:.2%})"
+            f"target: final test accuracy >= {ACCURACY_TARGET:.1%}: "
+            f"{'met' if acc >= ACCURACY_TARGET else 'NOT met'} ({acc:.2%})"
         )
     return out
 

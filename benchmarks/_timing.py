@@ -15,6 +15,7 @@ meaningful anyway:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -86,7 +87,7 @@ def interleave(
 
 def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> list[float]:
     """Per-round ratios ``numerator[i] / denominator[i]`` (the rounds of :func:`interleave` pair them up)."""
-    return [a / b for a, b in zip(numerator, denominator) if b]
+    return [a / b for a, b in zip(numerator, denominator, strict=True) if b]
 
 
 def machine() -> dict[str, Any]:
@@ -114,10 +115,8 @@ def machine() -> dict[str, Any]:
         info["lightning"] = lightning.__version__
     except ImportError:  # pragma: no cover
         pass
-    try:
+    with contextlib.suppress(OSError):  # os.getloadavg is not available on every platform
         info["load_average"] = os.getloadavg()
-    except OSError:  # pragma: no cover
-        pass
     return info
 
 

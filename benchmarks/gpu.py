@@ -156,7 +156,9 @@ def check_plateau(device: str) -> dict[str, Any]:
         "check": "plateau",
         "lrs": recorder.lrs,
         "expected": expected,
-        "exact": len(recorder.lrs) == 3 and all(abs(a - b) <= 1e-12 * b for a, b in zip(recorder.lrs, expected)),
+        "exact": (
+            len(recorder.lrs) == 3 and all(abs(a - b) <= 1e-12 * b for a, b in zip(recorder.lrs, expected, strict=True))
+        ),
     }
 
 

@@ -268,7 +268,7 @@ class Bench:
         def record(name: str, fn: Any) -> Any:
             def run() -> float:
                 fn()
-                for kind, value in zip(kinds, self.last[name]):
+                for kind, value in zip(kinds, self.last[name], strict=True):
                     seconds[kind][name].append(value)
                 return self.last[name][0]
 
@@ -287,6 +287,7 @@ class Bench:
         rows = []
         for kind, d in seconds.items():
             ratios = paired_ratios(d["hand"], d["lightning"])  # time_hand / time_pl = ips_pl / ips_hand
+            overheads = [(a - b) / steps for a, b in zip(d["lightning"], d["hand"], strict=True)]
             rows.append(
                 {
                     "measure": kind,
@@ -295,7 +296,7 @@ class Bench:
                     "ratio": median(ratios),
                     "ratio_min": min(ratios),
                     "ratio_max": max(ratios),
-                    "overhead_ms": 1e3 * median([(a - b) / steps for a, b in zip(d["lightning"], d["hand"])]),
+                    "overhead_ms": 1e3 * median(overheads),
                     "hand_step_ms": 1e3 * median(d["hand"]) / steps,
                 }
             )
@@ -333,7 +334,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"{result['dataset']} {tuple(result['input_shape'])}, batch {result['batch_size']}, ConvNet(32, 64 | 256), "
         f"translate 2 + hflip, max-norm 3, SGD; {result['rounds']} interleaved rounds of {result['epochs_per_chunk']} "
-        f"epochs x {result['steps_per_epoch']} steps per side; torch threads {result['threads']}; validation off on both sides; "
+        f"epochs x {result['steps_per_epoch']} steps per side; torch threads {result['threads']}; "
+        "validation off on both sides; "
         f"same initial weights: {result['same_init']}"
     )
     print(
@@ -373,7 +375,8 @@ def profile(steps: int = 60, top: int = 30) -> None:
         fn()
         prof.disable()
         print(
-            f"\n==== {name}: {bench.last[name][0]:.2f} s steady, {bench.last[name][1]:.2f} s total for {bench.steps} steps"
+            f"\n==== {name}: {bench.last[name][0]:.2f} s steady, {bench.last[name][1]:.2f} s total "
+            f"for {bench.steps} steps"
         )
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(top)

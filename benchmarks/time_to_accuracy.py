@@ -67,7 +67,8 @@ class TestAccuracyClock(Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         self.history.append({"epoch": trainer.current_epoch, "seconds": self._elapsed, "test_acc": acc, "lr": lr})
         print(
-            f"[time-to-accuracy] epoch {trainer.current_epoch:3d}  {self._elapsed / 60:7.2f} min  test_acc {acc:.4f}  lr {lr:.2e}",
+            f"[time-to-accuracy] epoch {trainer.current_epoch:3d}  {self._elapsed / 60:7.2f} min  "
+            f"test_acc {acc:.4f}  lr {lr:.2e}",
             flush=True,
         )
 
@@ -118,7 +119,8 @@ def run(config: str, device: str = "cpu", extra: list[str] | None = None) -> dic
 def print_summary(summary: dict[str, Any]) -> None:
     print(
         f"\nTime to accuracy: {summary['config']} on {summary['device']} ({summary['threads']} threads), "
-        f"{summary['params'] / 1e6:.2f} M parameters, {summary['epochs']} epochs, {summary['wall_minutes']:.1f} min wall"
+        f"{summary['params'] / 1e6:.2f} M parameters, {summary['epochs']} epochs, "
+        f"{summary['wall_minutes']:.1f} min wall"
     )
     print("| target | minutes |")
     print("|---|---|")

@@ -208,7 +208,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ratio = f"{r['vs_per_sample']:.1f}" if r.get("vs_per_sample") else "-"
         best = f"{r['vs_best_per_sample']:.1f}" if r.get("vs_best_per_sample") else "-"
         lines.append(
-            f"{r['case']:<12} {r['batch']:>5}  {r['method']:<62} {rate:>11} {mbps:>9} {ratio:>10} {best:>17}  {r['note']}"
+            f"{r['case']:<12} {r['batch']:>5}  {r['method']:<62} {rate:>11} {mbps:>9} {ratio:>10} {best:>17}  "
+            f"{r['note']}"
         )
     return "\n".join(lines)
 
@@ -232,7 +233,8 @@ def run(quick: bool = False, threads: int | None = 1) -> list[dict[str, Any]]:
             r["threads"] = torch.get_num_threads()
         print(
             f"translation throughput, torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
-            f"{os.cpu_count()} CPUs, {'quick' if quick else 'full'} mode; data in memory -> augmented uint8 batch on CPU"
+            f"{os.cpu_count()} CPUs, {'quick' if quick else 'full'} mode; "
+            "data in memory -> augmented uint8 batch on CPU"
         )
         print(format_table(rows))
         return rows

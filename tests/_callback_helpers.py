@@ -1,4 +1,7 @@
-"""Tiny modules and recorders shared by the callback tests (importable by spawned DDP workers)."""
+"""Tiny modules and recorders shared by the callback tests (importable by spawned DDP workers).
+
+The Trainer these tests build is the ``quiet_trainer`` fixture of ``conftest.py``.
+"""
 
 from __future__ import annotations
 
@@ -83,21 +86,6 @@ class LRRecorder(Callback):
         if self.out_dir is not None:
             path = Path(self.out_dir) / f"rank{trainer.global_rank}.json"
             path.write_text(json.dumps({str(k): v for k, v in self.lrs.items()}))
-
-
-def quiet_trainer(**kwargs: Any) -> Trainer:
-    defaults: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    defaults.update(kwargs)
-    return Trainer(**defaults)
 
 
 def row_norms(weight: torch.Tensor, unit_dim: int = 0) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -109,13 +110,36 @@ def write_raw_pickle(path: Path, obj: object) -> None:
     _dump(path, obj)
 
 
+class DataRoots(NamedTuple):
+    """The folders that :func:`write_every_format` filled, one per data set."""
+
+    mnist: Path  # MNIST IDX files (gzipped), 50 train and 20 test images
+    fashion: Path  # the same, for Fashion-MNIST
+    cifar10: Path  # cifar-10-batches-py/, 5 x 6 train and 8 test images
+    cifar100: Path  # cifar-100-python/, 30 train and 10 test images
+    folder: Path  # an ImageFolder: train/ and val/, 3 classes x 4 JPEG/PNG images
+
+
+def write_every_format(root: Path) -> DataRoots:
+    """One small data set per on-disk format we read, each in its own folder under ``root``."""
+    roots = DataRoots(*(root / name for name in DataRoots._fields))
+    write_idx_dataset(roots.mnist)
+    write_idx_dataset(roots.fashion)
+    write_cifar10(roots.cifar10)
+    write_cifar100(roots.cifar100)
+    write_image_folder(roots.folder, per_class=4)
+    return roots
+
+
 __all__ = [
     "IDX_STEMS",
+    "DataRoots",
     "make_images",
     "make_labels",
     "np",
     "write_cifar10",
     "write_cifar100",
+    "write_every_format",
     "write_idx_dataset",
     "write_image_folder",
     "write_raw_pickle",

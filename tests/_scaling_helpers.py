@@ -146,7 +146,10 @@ from lightning_deepfeat.callbacks import DivideLROnPlateau  # noqa: E402
 
 
 class RecordingPlateau(DivideLROnPlateau):
-    """``DivideLROnPlateau`` that records every ``(global_step, value)`` it decides on; saved to ``record`` at fit end."""
+    """``DivideLROnPlateau`` that records every ``(global_step, value)`` it decides on.
+
+    The record is saved to ``record`` at fit end.
+    """
 
     def __init__(self, *args: Any, record: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

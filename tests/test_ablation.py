@@ -34,7 +34,10 @@ def _digits_with_flips() -> dict:
 
 
 def _instantiate(config: dict, tmp_path: Path, *extra: str) -> DeepFeatCLI:
-    """Model, data module and trainer (with its callbacks) of a fit config, built as `deepfeat fit` builds them, not run."""
+    """Model, data module and trainer (with its callbacks) of a fit config.
+
+    Built as `deepfeat fit` builds them, not run.
+    """
     config = dict(config)
     config["trainer"] = dict(config.get("trainer") or {}, default_root_dir=str(tmp_path / "run"))
     path = tmp_path / "config.yaml"
@@ -45,7 +48,10 @@ def _instantiate(config: dict, tmp_path: Path, *extra: str) -> DeepFeatCLI:
 def _ingredients(cli: DeepFeatCLI) -> dict[str, bool]:
     """Which ingredient of the recipe the built model, data module and callbacks have."""
     features, callbacks, dm = cli.model.features, cli.trainer.callbacks, cli.datamodule
-    has = lambda kind: any(isinstance(m, kind) for m in features.modules())
+
+    def has(kind: type) -> bool:
+        return any(isinstance(m, kind) for m in features.modules())
+
     return {
         "dropout": any(isinstance(m, nn.Dropout) and m.p > 0 for m in cli.model.modules()),
         "maxnorm": any(isinstance(c, MaxNormConstraint) for c in callbacks),

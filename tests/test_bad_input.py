@@ -32,23 +32,10 @@ class _NoStep(Callback):
         raise AssertionError("a training step started before the bad input was reported")
 
 
-def _fit(model=None, data=None, callbacks=(), **trainer_kwargs):
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[*callbacks, _NoStep()],
-        **trainer_kwargs,
-    )
+def _fit(quiet_trainer, data, model=None, callbacks=(), **trainer_kwargs):
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, callbacks=[*callbacks, _NoStep()], **trainer_kwargs)
     try:
-        trainer.fit(
-            model if model is not None else FeatureClassifier(),
-            data if data is not None else DigitsDataModule(batch_size=32),
-        )
+        trainer.fit(model if model is not None else FeatureClassifier(), data)
     finally:
         assert trainer.global_step == 0
 
@@ -129,17 +116,17 @@ def test_callback_arguments(make, match):
         make()
 
 
-def test_max_norm_pattern_matching_nothing_fails_at_setup():
+def test_max_norm_pattern_matching_nothing_fails_at_setup(quiet_trainer, digits):
     with pytest.raises(ValueError, match=r"`include` pattern 'featurez\.\*' matches no parameter of FeatureClassifier"):
-        _fit(callbacks=[MaxNormConstraint(include=["featurez.*"])])
+        _fit(quiet_trainer, digits, callbacks=[MaxNormConstraint(include=["featurez.*"])])
 
 
-def test_plateau_refuses_a_second_owner_of_the_learning_rate_at_fit_start():
+def test_plateau_refuses_a_second_owner_of_the_learning_rate_at_fit_start(quiet_trainer, digits):
     model = FeatureClassifier(lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))
     with pytest.raises(
         MisconfigurationException, match=r"DivideLROnPlateau.*also returns a learning-rate scheduler \(StepLR\)"
     ):
-        _fit(model=model, callbacks=[DivideLROnPlateau()])
+        _fit(quiet_trainer, digits, model=model, callbacks=[DivideLROnPlateau()])
 
 
 # --------------------------------------------------------------------------- data
@@ -174,17 +161,17 @@ class _BadLabels(ImageClassificationDataModule):
         return torch.zeros(6, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 2, 3, 0, 1])
 
 
-def test_labels_outside_num_classes_fail_at_setup():
+def test_labels_outside_num_classes_fail_at_setup(quiet_trainer):
     model = FeatureClassifier(features=ConvNet(channels=[4], hidden=[8]), num_classes=3, input_shape=(1, 4, 4))
     with pytest.raises(ValueError, match=r"_BadLabels: train labels must lie in \[0, 3\), found \[0, 3\]"):
-        _fit(model=model, data=_BadLabels(batch_size=2, val_fraction=0.0))
+        _fit(quiet_trainer, _BadLabels(batch_size=2, val_fraction=0.0), model=model)
 
 
-def test_data_and_model_disagree_on_num_classes():
+def test_data_and_model_disagree_on_num_classes(quiet_trainer, digits):
     """A 5-class model on 10-class data: caught at setup, not by a wrong loss."""
     model = FeatureClassifier(features=ConvNet(channels=[4], hidden=[8]), num_classes=5, input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match=r"`num_classes`=5.*DigitsDataModule has num_classes=10"):
-        _fit(model=model)
+        _fit(quiet_trainer, digits, model=model)
 
 
 def test_missing_data_files_name_the_folders(tmp_path):
@@ -244,7 +231,7 @@ def test_checkpoint_with_other_num_classes_is_refused_by_name(ten_class_checkpoi
         FeatureClassifier.load_from_checkpoint(ten_class_checkpoint, num_classes=5, weights_only=True)
 
 
-def test_resuming_a_checkpoint_of_other_num_classes_fails_before_training(ten_class_checkpoint):
+def test_resuming_a_checkpoint_of_other_num_classes_fails_before_training(ten_class_checkpoint, quiet_trainer):
     class FiveDigits(DigitsDataModule):
         num_classes = 5
 
@@ -253,16 +240,7 @@ def test_resuming_a_checkpoint_of_other_num_classes_fails_before_training(ten_cl
             return images, labels % 5
 
     model = FeatureClassifier(features=ConvNet(channels=[4], hidden=[8]), num_classes=5, input_shape=(1, 8, 8))
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[_NoStep()],
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, callbacks=[_NoStep()])
     with pytest.raises(ValueError, match=r"`num_classes`=10.*`num_classes`=5"):
         trainer.fit(model, FiveDigits(batch_size=32), ckpt_path=str(ten_class_checkpoint), weights_only=True)
     assert trainer.global_step == 0

@@ -85,7 +85,7 @@ def test_tiny_fit_on_digits_tests_the_best_checkpoint(tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.startswith("deepfeat: test_error="))
+    line = next(s for s in out.splitlines() if s.startswith("deepfeat: test_error="))
     error = float(line.split("test_error=")[1].split()[0])
     assert 0.0 <= error < 0.5  # three epochs of SGD beat chance (0.9) by far
     best = cli.trainer.checkpoint_callback.best_model_path
@@ -127,7 +127,8 @@ def _write(tmp_path: Path, text: str) -> str:
 def test_unknown_class_name_in_yaml_is_reported(tmp_path, capsys):
     config = _write(
         tmp_path,
-        "model:\n  class_path: FeatureClassifier\n  init_args:\n    features:\n      class_path: NoSuchNet\ndata:\n  class_path: DigitsDataModule\n",
+        "model:\n  class_path: FeatureClassifier\n  init_args:\n    features:\n      class_path: NoSuchNet\n"
+        "data:\n  class_path: DigitsDataModule\n",
     )
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", config])
@@ -138,7 +139,8 @@ def test_unknown_class_name_in_yaml_is_reported(tmp_path, capsys):
 def test_negative_dropout_in_yaml_is_reported_before_training(tmp_path, capsys):
     config = _write(
         tmp_path,
-        "model:\n  class_path: FeatureClassifier\n  init_args:\n    features:\n      class_path: ConvNet\n      init_args:\n        dropout: -0.5\ndata:\n  class_path: DigitsDataModule\n",
+        "model:\n  class_path: FeatureClassifier\n  init_args:\n    features:\n      class_path: ConvNet\n"
+        "      init_args:\n        dropout: -0.5\ndata:\n  class_path: DigitsDataModule\n",
     )
     with pytest.raises(ValueError, match=r"`dropout` must be a dropout probability in \[0, 1\), got -0.5"):
         main(["fit", "--config", config, f"--trainer.default_root_dir={tmp_path}"])

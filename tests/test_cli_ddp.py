@@ -59,7 +59,7 @@ def test_cli_ddp_two_processes_prints_the_whole_test_set_error(tmp_path):
     assert "distributed_backend=gloo" in proc.stdout + proc.stderr
     assert "All distributed processes registered. Starting with 2 processes" in proc.stdout + proc.stderr
     printed = parse_test_error(out)
-    line = next(l for l in out.splitlines() if l.startswith("deepfeat: test_error="))
+    line = next(s for s in out.splitlines() if s.startswith("deepfeat: test_error="))
     ckpt = line.split("checkpoint: ")[1].rstrip(")")
     assert ckpt.endswith(".ckpt") and "epoch=" in ckpt, line
 

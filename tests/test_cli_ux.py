@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from _data_files import write_cifar10, write_idx_dataset, write_image_folder
+from _data_files import DataRoots
 from lightning_deepfeat.cli.recipes import recipe_names
+from lightning_deepfeat.data import prepare_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -38,7 +39,10 @@ def deepfeat(
 
 
 def short_error(done: subprocess.CompletedProcess, code: int = 2, max_lines: int = 4) -> str:
-    """The command failed with ``code``, without a traceback, in at most ``max_lines`` lines of stderr (warnings aside)."""
+    """The command failed with ``code``, without a traceback, in at most ``max_lines`` lines of stderr.
+
+    Warnings aside.
+    """
     assert done.returncode == code, (done.returncode, done.stderr[-2000:])
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if "error" in line.lower() or line.startswith("  (")]
@@ -148,16 +152,14 @@ def test_predict_writes_a_csv_into_the_run_folder_and_prints_its_path(trained_ru
         assert row["class_name"] == row["predicted"]  # digits are named "0".."9"
 
 
-def test_prediction_writer_from_python(tmp_path):
-    import lightning.pytorch as pl
-
+def test_prediction_writer_from_python(tmp_path, quiet_trainer):
     from lightning_deepfeat import ConvNet, FeatureClassifier
     from lightning_deepfeat.callbacks import PredictionWriter
     from lightning_deepfeat.data import DigitsDataModule
 
     model = FeatureClassifier(ConvNet(channels=[4], hidden=[8], in_channels=1), num_classes=10, input_shape=(1, 8, 8))
     out = tmp_path / "p.csv"
-    trainer = pl.Trainer(callbacks=[PredictionWriter(out)], logger=False, enable_progress_bar=False)
+    trainer = quiet_trainer(callbacks=[PredictionWriter(out)])
     returned = trainer.predict(model, datamodule=DigitsDataModule(batch_size=100))
     rows = list(csv.DictReader(out.open()))
     expected = torch.cat(returned)
@@ -185,22 +187,19 @@ def test_checkpoint_moved_away_from_its_run_is_rebuilt_from_its_hyperparameters(
     assert "test_acc" in done.stdout
 
 
-def test_checkpoint_without_config_or_classes_says_what_to_pass(tmp_path):
-    import lightning.pytorch as pl
-
+def test_checkpoint_without_config_or_classes_says_what_to_pass(tmp_path, quiet_trainer, digits):
     from lightning_deepfeat import ConvNet, FeatureClassifier
-    from lightning_deepfeat.data import DigitsDataModule
 
     model = FeatureClassifier(ConvNet(channels=[4], hidden=[8], in_channels=1), num_classes=10, input_shape=(1, 8, 8))
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(model, datamodule=digits)
     trainer.save_checkpoint(tmp_path / "python.ckpt")
     message = short_error(deepfeat("test", "--ckpt_path", "python.ckpt", cwd=tmp_path))
     assert "--config" in message and "python.ckpt" in message
 
 
 # ----------------------------------------------------------------- 4. checkpoint errors name the file and the problem
-def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path, trained_run):
+def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path, trained_run, quiet_trainer, digits):
     (tmp_path / "random.ckpt").write_bytes(os.urandom(4096))
     (tmp_path / "truncated.ckpt").write_bytes(last_ckpt(trained_run).read_bytes()[:5000])
     state = torch.load(last_ckpt(trained_run), map_location="cpu", weights_only=True)
@@ -216,14 +215,11 @@ def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path, trained_run):
             message = short_error(deepfeat(command, "--config", "digits", "--ckpt_path", name, cwd=tmp_path))
             assert name in message and problem in message, (command, message)
             assert "weights_only" not in message
-    import lightning.pytorch as pl
-
     from lightning_deepfeat import MLP, FeatureClassifier
-    from lightning_deepfeat.data import DigitsDataModule
 
     mlp = FeatureClassifier(MLP(hidden=[16]), num_classes=10, input_shape=(1, 8, 8))
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(mlp, datamodule=DigitsDataModule(batch_size=32))
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(mlp, datamodule=digits)
     trainer.save_checkpoint(tmp_path / "mlp.ckpt")
     saved = torch.load(tmp_path / "mlp.ckpt", weights_only=True)
     del saved["hyper_parameters"]  # as a module that does not save them writes it: nothing to rebuild the MLP from
@@ -262,7 +258,10 @@ def test_errors_are_one_short_message_with_exit_code_2(tmp_path):
         (["fit", "--config", "digits", "--model.init_args.features.class_path", "ConvNett"], "Did you mean ConvNet?"),
         (["fit", "--config", "digits", "--optimizer.lr", "abc"], "must be a float, got 'abc'"),
         (["fit", "--config", "fashion_mnist", "--data.init_args.root", str(tmp_path / "nowhere")], "Looked in"),
-        (["fit", "--config", "imagenet_alexnet", "--data.init_args.root", str(tmp_path / "nowhere")], "does not exist"),
+        (
+            ["fit", "--config", "imagenet_alexnet", "--data.init_args.input_dir", str(tmp_path / "nowhere")],
+            "does not exist. Prepare the images first: `deepfeat prepare",
+        ),
         (["fit", "--config", "no_such_recipe"], "neither a file nor a packaged recipe"),
         (["fitt"], "Did you mean fit?"),
     ]
@@ -282,18 +281,19 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 # ----------------------------------------------------------------- 7. nothing written outside the run's log folder
-def _data_roots(root: Path) -> dict[str, list[str]]:
-    write_idx_dataset(root / "mnist")
-    write_idx_dataset(root / "fashion")
-    write_cifar10(root / "cifar10")
-    write_image_folder(root / "folder", per_class=3)
+def _data_args(data: DataRoots, shards: Path) -> dict[str, list[str]]:
+    """Per recipe, the options that point it at the files of ``generated_data`` (AlexNet: small, on one CPU).
+
+    AlexNet streams ``shards``, which ``deepfeat prepare`` writes here from the generated image folder.
+    """
+    prepare_image_folder(data.folder, shards, num_workers=1, progress=False)
     return {
-        "fashion_mnist": ["--data.init_args.root", str(root / "fashion")],
-        "mnist_dropout_maxnorm": ["--data.init_args.root", str(root / "mnist")],
-        "cifar10_convnet": ["--data.init_args.root", str(root / "cifar10")],
+        "fashion_mnist": ["--data.init_args.root", str(data.fashion)],
+        "mnist_dropout_maxnorm": ["--data.init_args.root", str(data.mnist)],
+        "cifar10_convnet": ["--data.init_args.root", str(data.cifar10)],
         "imagenet_alexnet": [
-            "--data.init_args.root",
-            str(root / "folder"),
+            "--data.init_args.input_dir",
+            str(shards),
             "--trainer.accelerator",
             "cpu",
             "--trainer.devices",
@@ -315,8 +315,8 @@ def _data_roots(root: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_every_recipe_with_fast_dev_run_writes_only_into_the_log_folder(tmp_path):
-    extra = _data_roots(tmp_path / "data")
+def test_every_recipe_with_fast_dev_run_writes_only_into_the_log_folder(tmp_path, generated_data):
+    extra = _data_args(generated_data, tmp_path / "shards")
     for name in recipe_names():
         folder = tmp_path / f"run_{name}"
         folder.mkdir()
@@ -352,24 +352,4 @@ def test_picture_callbacks_write_into_the_log_folder(tmp_path):
     )
 
 
-# ----------------------------------------------------------------- 8. the README's Python blocks run as written
-def _readme_python_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    blocks, inside, current = [], False, []
-    for line in text.splitlines():
-        if line.strip() == "```python":
-            inside, current = True, []
-        elif line.strip() == "```" and inside:
-            inside = False
-            blocks.append("\n".join(current))
-        elif inside:
-            current.append(line)
-    return blocks
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(_readme_python_blocks())))
-def test_each_readme_python_block_runs_on_its_own(tmp_path, index):
-    code = _readme_python_blocks()[index]
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+# (The README's code blocks, Python and shell, are run by tests/test_docs.py.)

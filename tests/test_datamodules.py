@@ -419,7 +419,7 @@ def test_image_folder_worker_processes(tmp_path):
 
 # ----------------------------------------------------------------- with a real Trainer
 @pytest.mark.slow
-def test_trainer_fit_augments_training_batches_only(tmp_path):
+def test_trainer_fit_augments_training_batches_only(quiet_trainer):
     import lightning as L
 
     seen: dict[str, list[torch.Tensor]] = {"train": [], "val": []}
@@ -440,16 +440,7 @@ def test_trainer_fit_augments_training_batches_only(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.0)
 
     dm = DigitsDataModule(batch_size=100, val_fraction=0.1, translate=2, mean=[0.0], std=[1.0], shuffle_seed=0)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, num_sanity_val_steps=0)
     trainer.fit(Model(), datamodule=dm)
     val_raw = torch.cat([b[0] for b in InMemoryBatchLoader(*dm.splits["val"], batch_size=100)]).float()
     assert torch.equal(torch.cat(seen["val"]), val_raw)
@@ -606,9 +597,7 @@ def test_a_users_window_transform_joins_the_fused_gather():
     assert (rows_out != rows_raw).any(1).float().mean() > 0.6  # P(dy != 0) = 4/5
 
 
-def test_index_batch_given_straight_to_the_model_is_a_clear_error(tmp_path):
-    import lightning as L
-
+def test_index_batch_given_straight_to_the_model_is_a_clear_error(quiet_trainer):
     from lightning_deepfeat.models import ConvNet, FeatureClassifier
 
     dm = DigitsDataModule(batch_size=32, translate=1)
@@ -616,14 +605,7 @@ def test_index_batch_given_straight_to_the_model_is_a_clear_error(tmp_path):
     model = FeatureClassifier(
         features=ConvNet(in_channels=1, channels=[4], hidden=[8]), num_classes=10, input_shape=(1, 8, 8)
     )
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=1)
     with pytest.raises(TypeError, match="IndexBatch.*datamodule=dm"):
         trainer.fit(model, train_dataloaders=dm.loader("train", train=True, device_side=True))
 
@@ -644,9 +626,7 @@ def _examples() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_the_documented_new_data_sets_run_and_train(tmp_path):
-    import lightning as L
-
+def test_the_documented_new_data_sets_run_and_train(quiet_trainer):
     from lightning_deepfeat.models import ConvNet, FeatureClassifier
 
     examples = _examples()
@@ -665,15 +645,7 @@ def test_the_documented_new_data_sets_run_and_train(tmp_path):
         model = FeatureClassifier(
             features=ConvNet(in_channels=3, channels=[4], hidden=[8]), num_classes=classes, input_shape=dm.image_shape
         )
-        trainer = L.Trainer(
-            max_steps=2,
-            limit_val_batches=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(max_steps=2, limit_val_batches=1)
         trainer.fit(model, datamodule=dm)
         assert trainer.global_step == 2 and dm.state_dict()["augmented_batches"] == augmented + 2
 

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from _callback_helpers import LRRecorder, RankDivergentModule, ScriptedMetricModule, quiet_trainer, tiny_loader
+from _callback_helpers import LRRecorder, RankDivergentModule, ScriptedMetricModule, tiny_loader
 from lightning_deepfeat.callbacks import DivideLROnPlateau
 
 NAN = float("nan")
@@ -60,8 +60,9 @@ def test_lr_sequence_equals_torch(name):
     assert any(o != list(lrs) for o in ours)  # the stream exercises at least one drop
     floors = kw.get("min_lr", 0.0)
     floors = floors if isinstance(floors, list) else [floors] * len(lrs)
-    for before, after in zip([list(lrs)] + ours, ours):  # each move is an exact division, or to the floor
-        for b, a, floor in zip(before, after, floors):
+    # each move is an exact division, or to the floor; strict=False: the last state has no successor
+    for before, after in zip([list(lrs)] + ours, ours, strict=False):
+        for b, a, floor in zip(before, after, floors, strict=True):
             assert a == b or a == b / 10.0 or (a == floor and b / 10.0 < floor)
 
 
@@ -123,7 +124,7 @@ def test_bad_arguments_raise_value_error(kwargs, fragment):
     assert fragment in str(err.value)
 
 
-def test_min_lr_list_length_checked_before_training():
+def test_min_lr_list_length_checked_before_training(quiet_trainer):
     cb = DivideLROnPlateau(monitor="metric", min_lr=[0.0, 0.0, 0.0])
     model = ScriptedMetricModule(stream=[1.0] * 3, groups=2)
     with pytest.raises(ValueError, match="`min_lr` has 3 values but the optimizers have 2 parameter groups"):
@@ -131,14 +132,14 @@ def test_min_lr_list_length_checked_before_training():
     assert model.global_step == 0
 
 
-def test_scheduler_conflict_fails_at_fit_start():
+def test_scheduler_conflict_fails_at_fit_start(quiet_trainer):
     model = ScriptedMetricModule(stream=[1.0] * 3, with_scheduler=True)
     with pytest.raises(MisconfigurationException, match="Two owners of the learning rate"):
         quiet_trainer(max_epochs=1, callbacks=[DivideLROnPlateau(monitor="metric")]).fit(model, tiny_loader())
     assert model.global_step == 0
 
 
-def test_missing_monitor_strict_lists_keys_and_non_strict_warns():
+def test_missing_monitor_strict_lists_keys_and_non_strict_warns(quiet_trainer):
     model = ScriptedMetricModule(stream=[1.0] * 3)
     with pytest.raises(RuntimeError, match="monitor='nope'.*Available keys: 'metric'"):
         quiet_trainer(max_epochs=1, callbacks=[DivideLROnPlateau(monitor="nope")]).fit(model, tiny_loader())
@@ -148,7 +149,7 @@ def test_missing_monitor_strict_lists_keys_and_non_strict_warns():
     assert cb.num_checks == 0
 
 
-def test_epoch_check_on_a_per_step_only_metric_is_refused():
+def test_epoch_check_on_a_per_step_only_metric_is_refused(quiet_trainer):
     # logged per step only: the value at the epoch end is the last step's, not the epoch's
     model = ScriptedMetricModule(step_stream=[1.0] * 8)
     with pytest.raises(RuntimeError, match=r"'metric' is logged per step only.*on_epoch=True.*check_every_n_steps"):
@@ -159,7 +160,7 @@ def test_epoch_check_on_a_per_step_only_metric_is_refused():
     assert cb.num_checks == 0
 
 
-def test_step_mode_metric_logged_at_some_steps_only():
+def test_step_mode_metric_logged_at_some_steps_only(quiet_trainer):
     # logged at even steps only: the window mean is over the values logged in it, each counted once
     class EvenSteps(ScriptedMetricModule):
         def training_step(self, batch, batch_idx):
@@ -181,7 +182,7 @@ def test_warmup_lr_closed_form():
     assert DivideLROnPlateau().warmup_lr(0.5, 0) == 0.5  # no warm-up
 
 
-def test_epoch_checks_in_trainer_match_pure_rule():
+def test_epoch_checks_in_trainer_match_pure_rule(quiet_trainer):
     stream = [1.0, 0.9, 0.9, 0.9, 0.9, 0.9]
     rec = LRRecorder()
     cb = DivideLROnPlateau(monitor="metric", patience=1, verbose=False)
@@ -191,19 +192,21 @@ def test_epoch_checks_in_trainer_match_pure_rule():
     assert cb.current_lrs == [0.01] and cb.num_checks == 6
 
 
-def test_validation_metric_with_check_val_every_2_epochs():
+def test_validation_metric_with_check_val_every_2_epochs(quiet_trainer):
     # Lightning's plateau scheduler raises at epoch 0 here (Lightning issue 10496).
     stream = [1.0, 1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
     rec = LRRecorder()
     cb = DivideLROnPlateau(monitor="val_metric", patience=1, verbose=False)
-    trainer = quiet_trainer(max_epochs=8, check_val_every_n_epoch=2, limit_val_batches=1, callbacks=[cb, rec])
+    trainer = quiet_trainer(
+        max_epochs=8, check_val_every_n_epoch=2, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[cb, rec]
+    )
     trainer.fit(ScriptedMetricModule(stream=stream, key="val_metric", where="val"), tiny_loader(), tiny_loader())
     # checks at epochs 1, 3, 5, 7 see 1.0, 0.9, 0.9, 0.9: bad, bad at 5 and 7 -> drop after epoch 7
     assert cb.num_checks == 4
     assert [rec.lrs[e][0] for e in range(9)] == [1.0] * 8 + [0.1]
 
 
-def test_step_mode_on_mean_of_last_n_steps():
+def test_step_mode_on_mean_of_last_n_steps(quiet_trainer):
     # 2 batches per epoch; windows of 3 optimizer steps: means 1.0, 1.0, 0.5, 0.5 -> bad at 6, 12 ... with patience 0
     steps = [1.0, 1.0, 1.0, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     cb = DivideLROnPlateau(monitor="metric", check_every_n_steps=3, patience=0, verbose=False)
@@ -214,7 +217,7 @@ def test_step_mode_on_mean_of_last_n_steps():
     assert cb.current_lrs == [pytest.approx(0.01, rel=1e-12)]
 
 
-def test_step_mode_feature_classifier_fast_path():
+def test_step_mode_feature_classifier_fast_path(quiet_trainer):
     from lightning_deepfeat.models import MLP, FeatureClassifier
 
     torch.manual_seed(0)
@@ -238,7 +241,7 @@ def test_step_mode_feature_classifier_fast_path():
     assert seen == pytest.approx(expected, abs=1e-12)
 
 
-def _fit_record(stream, max_epochs, ckpt_dir=None, ckpt_path=None):
+def _fit_record(quiet_trainer, stream, max_epochs, ckpt_dir=None, ckpt_path=None):
     rec = LRRecorder()
     cbs = [
         DivideLROnPlateau(monitor="metric", patience=1, cooldown=1, verbose=False),
@@ -265,26 +268,26 @@ def _two_metrics(model):
     return step
 
 
-def test_resume_reproduces_uninterrupted_lr_sequence(tmp_path):
+def test_resume_reproduces_uninterrupted_lr_sequence(tmp_path, quiet_trainer):
     stream = [1.0, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8]
-    full, _ = _fit_record(stream, 8)
+    full, _ = _fit_record(quiet_trainer, stream, 8)
     # metric (÷10, patience 1, cooldown 1) drops after epochs 3 and 6; metric2 (max, ÷2, patience 0)
     # after epochs 2, 4, 5, 6, 7: the LRs multiply
     lrs = [1.0, 1.0, 1.0, 0.5, 0.05, 0.025, 0.0125, 0.000625, 0.0003125]
     expected = dict(enumerate(lrs))
     assert {e: v[0] for e, v in full.items()} == pytest.approx(expected, rel=1e-12)
     for k in (3, 5):  # epoch 3 (index) ends with a drop: Lightning's scheduler path resumes late there
-        _, cbs = _fit_record(stream, k + 1, ckpt_dir=tmp_path / f"k{k}")
+        _, cbs = _fit_record(quiet_trainer, stream, k + 1, ckpt_dir=tmp_path / f"k{k}")
         ckpt = torch.load(tmp_path / f"k{k}" / f"epoch={k}.ckpt", weights_only=False)
         states = [key for key in ckpt["callbacks"] if key.startswith("DivideLROnPlateau")]
         assert len(states) == 2  # two instances with different monitors coexist
-        resumed, _ = _fit_record(stream, 8, ckpt_path=tmp_path / f"k{k}" / f"epoch={k}.ckpt")
+        resumed, _ = _fit_record(quiet_trainer, stream, 8, ckpt_path=tmp_path / f"k{k}" / f"epoch={k}.ckpt")
         assert {e: resumed[e] for e in range(k + 1, 9)} == {e: full[e] for e in range(k + 1, 9)}
 
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_ddp_processes_take_the_same_decision(tmp_path):
+def test_ddp_processes_take_the_same_decision(tmp_path, quiet_trainer):
     # rank 0 logs 1.0 - 0.1*epoch (improving), rank 1 logs 0.1*epoch (worsening), both without sync_dist:
     # local decisions would diverge (rank 0 never drops, rank 1 does); on the mean (0.5 forever) both agree.
     rec = LRRecorder(out_dir=str(tmp_path))

@@ -33,12 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_deepfeat.models
-from _data_files import (
-    write_cifar10,
-    write_cifar100,
-    write_idx_dataset,
-    write_image_folder,
-)
+from _data_files import DataRoots
 from lightning_deepfeat import MLP, ConvNet, FeatureClassifier
 from lightning_deepfeat.callbacks import DivideLROnPlateau, MaxNormConstraint
 from lightning_deepfeat.data import (
@@ -55,19 +50,10 @@ from lightning_deepfeat.models.classifier import krizhevsky_sgd
 # the model: reload, optimizer specs, shapes, export, LR finder (points 1, 5, 6, 7, 8, 14)
 # ====================================================================================================
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = dict(
-    accelerator="cpu",
-    devices=1,
-    logger=False,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-)
 
 
-def _fit(model: pl.LightningModule, tmp_path: Path, steps: int = 3, **trainer_kwargs) -> pl.Trainer:
-    options = {**QUIET, "max_steps": steps, "limit_val_batches": 0, "default_root_dir": tmp_path, **trainer_kwargs}
-    trainer = pl.Trainer(**options)
+def _fit(quiet_trainer, model: pl.LightningModule, steps: int = 3, **trainer_kwargs) -> pl.Trainer:
+    trainer = quiet_trainer(**{"max_steps": steps, "limit_val_batches": 0, **trainer_kwargs})
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
     return trainer
 
@@ -125,10 +111,10 @@ class DeepNet(FeatureClassifier):
     ],
     ids=["kwargs", "kwargs-passed-through", "save_hyperparameters", "save_hyperparameters-lr", "extra-hparams"],
 )
-def test_point01_subclass_that_builds_its_features_reloads_bit_identically(build, tmp_path):
+def test_point01_subclass_that_builds_its_features_reloads_bit_identically(build, tmp_path, quiet_trainer):
     pl.seed_everything(0)
     model = build()
-    _fit(model, tmp_path)
+    _fit(quiet_trainer, model)
     path = tmp_path / "model.ckpt"
     model.trainer.save_checkpoint(path)
     expected = _outputs(model)
@@ -195,10 +181,10 @@ YAML_NET = {
         "yaml-net",
     ],
 )
-def test_point01_patterns_that_reloaded_before_still_reload(build, tmp_path):
+def test_point01_patterns_that_reloaded_before_still_reload(build, tmp_path, quiet_trainer):
     pl.seed_everything(0)
     model = build()
-    _fit(model, tmp_path)
+    _fit(quiet_trainer, model)
     path = tmp_path / "model.ckpt"
     model.trainer.save_checkpoint(path)
     expected = _outputs(model)
@@ -219,14 +205,14 @@ class RecordOptimizer(Callback):
         self.scheduler = type(configs[0].scheduler) if configs else None
 
 
-def test_point05_adam_and_its_scheduler_are_rebuilt_on_reload_and_resume(tmp_path):
+def test_point05_adam_and_its_scheduler_are_rebuilt_on_reload_and_resume(tmp_path, quiet_trainer, digits):
     pl.seed_everything(0)
     model = FeatureClassifier(
         MLP(hidden=(16,), dropout=0.0),
         optimizer=partial(torch.optim.Adam, lr=1e-3),
         lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
     )
-    trainer = _fit(model, tmp_path, steps=4)
+    trainer = _fit(quiet_trainer, model, steps=4)
     ckpt = tmp_path / "adam.ckpt"
     trainer.save_checkpoint(ckpt)
 
@@ -240,10 +226,8 @@ def test_point05_adam_and_its_scheduler_are_rebuilt_on_reload_and_resume(tmp_pat
 
     # resume the reloaded model: Adam's moments come back from the checkpoint
     record = RecordOptimizer()
-    resumed = pl.Trainer(
-        **{**QUIET, "max_steps": 6, "limit_val_batches": 0, "default_root_dir": tmp_path, "callbacks": [record]}
-    )
-    resumed.fit(loaded, datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt)
+    resumed = quiet_trainer(max_steps=6, limit_val_batches=0, callbacks=[record])
+    resumed.fit(loaded, datamodule=digits, ckpt_path=ckpt)
     assert record.optimizer is torch.optim.Adam and record.scheduler is torch.optim.lr_scheduler.StepLR
     assert record.state_steps and set(record.state_steps) == {4.0}
     assert resumed.global_step == 6
@@ -264,9 +248,9 @@ def my_sgd(params, lr: float = 0.1, momentum: float = 0.0):
     ],
     ids=["krizhevsky_sgd", "partial-of-function", "function", "class"],
 )
-def test_point05_classes_functions_and_partials_are_rebuilt(factory, expected, tmp_path):
+def test_point05_classes_functions_and_partials_are_rebuilt(factory, expected, tmp_path, quiet_trainer):
     model = FeatureClassifier(MLP(hidden=(8,)), optimizer=factory)
-    _fit(model, tmp_path, steps=1)
+    _fit(quiet_trainer, model, steps=1)
     model.trainer.save_checkpoint(tmp_path / "m.ckpt")
     optimizer = FeatureClassifier.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True).configure_optimizers()
     cls, lr, momentum = expected
@@ -274,14 +258,14 @@ def test_point05_classes_functions_and_partials_are_rebuilt(factory, expected, t
     assert optimizer.param_groups[0].get("momentum") == momentum
 
 
-def test_point05_a_factory_that_cannot_be_rebuilt_is_named_at_reload(tmp_path):
+def test_point05_a_factory_that_cannot_be_rebuilt_is_named_at_reload(tmp_path, quiet_trainer, digits):
     def local_scheduler(optimizer):
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=3)
 
     model = FeatureClassifier(
         MLP(hidden=(8,)), optimizer=lambda params: torch.optim.SGD(params, lr=0.3), lr_scheduler=local_scheduler
     )
-    _fit(model, tmp_path, steps=1)
+    _fit(quiet_trainer, model, steps=1)
     ckpt = tmp_path / "lambda.ckpt"
     model.trainer.save_checkpoint(ckpt)
     expected = _outputs(model)
@@ -294,9 +278,9 @@ def test_point05_a_factory_that_cannot_be_rebuilt_is_named_at_reload(tmp_path):
         loaded = FeatureClassifier.load_from_checkpoint(ckpt, weights_only=True)
     assert torch.equal(_outputs(loaded), expected)
     # ... and training it fails before any step, naming the argument
-    trainer = pl.Trainer(**{**QUIET, "max_steps": 1, "limit_val_batches": 0, "default_root_dir": tmp_path})
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     with pytest.raises(ValueError, match=r"`optimizer` cannot be rebuilt: it was a lambda.*optimizer=\.\.\."):
-        trainer.fit(loaded, datamodule=DigitsDataModule(batch_size=32))
+        trainer.fit(loaded, datamodule=digits)
     assert trainer.global_step == 0
     with pytest.warns(
         UserWarning, match=r"`lr_scheduler` cannot be rebuilt: it was a local function .*lr_scheduler=\.\.\."
@@ -315,7 +299,7 @@ def test_point05_a_factory_that_cannot_be_rebuilt_is_named_at_reload(tmp_path):
     assert configured["optimizer"].param_groups[0]["lr"] == 0.3 and configured["lr_scheduler"].step_size == 3
 
 
-def test_point05_cli_given_optimizer_survives_reload_and_a_second_save(tmp_path):
+def test_point05_cli_given_optimizer_survives_reload_and_a_second_save(tmp_path, quiet_trainer):
     """`--model.init_args.optimizer` from YAML: the checkpoint, and one saved after reloading it, rebuild Adam."""
     from lightning_deepfeat.cli import main
 
@@ -349,7 +333,7 @@ def test_point05_cli_given_optimizer_survives_reload_and_a_second_save(tmp_path)
     optimizer = loaded.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 0.002
     # the reloaded model, trained and saved again without the CLI
-    _fit(loaded, tmp_path, steps=1)
+    _fit(quiet_trainer, loaded, steps=1)
     loaded.trainer.save_checkpoint(tmp_path / "again.ckpt")
     optimizer = FeatureClassifier.load_from_checkpoint(
         tmp_path / "again.ckpt", weights_only=True
@@ -370,25 +354,25 @@ class CountSteps(Callback):
 
 
 @pytest.mark.parametrize("stage", ["fit", "validate"])
-def test_point06_input_shape_that_is_not_the_data_is_named_before_any_step(stage, tmp_path):
+def test_point06_input_shape_that_is_not_the_data_is_named_before_any_step(stage, quiet_trainer, digits):
     model = FeatureClassifier(MLP(hidden=(16,)), input_shape=(1, 28, 28))
     counter = CountSteps()
-    trainer = pl.Trainer(**{**QUIET, "max_steps": 2, "default_root_dir": tmp_path, "callbacks": [counter]})
+    trainer = quiet_trainer(max_steps=2, callbacks=[counter])
     message = (
         r"`input_shape`=\(1, 28, 28\) but DigitsDataModule has image_shape=\(1, 8, 8\); pass input_shape=\(1, 8, 8\)"
     )
     with pytest.raises(ValueError, match=message):
-        getattr(trainer, stage)(model, datamodule=DigitsDataModule(batch_size=32))
+        getattr(trainer, stage)(model, datamodule=digits)
     assert counter.batches == 0 and trainer.global_step == 0
 
 
 # ----------------------------------------------------------------- 7. ONNX export and the summary's sizes
-def test_point07_to_onnx_without_an_input_matches_torch_with_a_dynamic_batch(tmp_path):
+def test_point07_to_onnx_without_an_input_matches_torch_with_a_dynamic_batch(tmp_path, quiet_trainer):
     import onnxruntime as ort  # in the `test` extra, with onnx
 
     pl.seed_everything(0)
     model = FeatureClassifier(ConvNet(channels=(8,), hidden=(16,)), num_classes=10, input_shape=(1, 8, 8))
-    _fit(model, tmp_path, steps=5)
+    _fit(quiet_trainer, model, steps=5)
     assert model.example_input_array.shape == (1, 1, 8, 8)
     path = tmp_path / "m.onnx"
     # torch >= 2.9 exports with dynamo (needs onnxscript) by default; the TorchScript exporter takes dynamic_axes
@@ -408,24 +392,22 @@ def test_point07_to_onnx_without_an_input_matches_torch_with_a_dynamic_batch(tmp
         torch.testing.assert_close(torch.from_numpy(logits), model(x).detach(), rtol=0, atol=1e-5)
 
 
-def test_point07_model_summary_shows_input_and_output_sizes(tmp_path):
+def test_point07_model_summary_shows_input_and_output_sizes(quiet_trainer):
     model = FeatureClassifier(ConvNet(channels=(8,), hidden=(16,)), num_classes=10, input_shape=(1, 8, 8))
     summary = ModelSummary(model, max_depth=1)
-    sizes = dict(zip(summary.layer_names, zip(summary.in_sizes, summary.out_sizes)))
+    sizes = dict(zip(summary.layer_names, zip(summary.in_sizes, summary.out_sizes, strict=True), strict=True))
     assert sizes["features"] == ([1, 1, 8, 8], [1, 16]) and sizes["head"] == ([1, 16], [1, 10])
     # and with the summary on (Lightning's default), fit runs on our data module
-    _fit(model, tmp_path, steps=1, enable_model_summary=True)
+    _fit(quiet_trainer, model, steps=1, enable_model_summary=True)
     assert model.trainer.global_step == 1
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
-def test_point07_summary_example_follows_a_true_precision(precision, tmp_path):
+def test_point07_summary_example_follows_a_true_precision(precision, quiet_trainer):
     """Lightning runs the example through the model at fit start; it must be in the model's dtype."""
     model = FeatureClassifier(MLP(hidden=(16,)), num_classes=3, input_shape=(1, 4, 4))
     loader = DataLoader(TensorDataset(torch.randn(16, 1, 4, 4), torch.randint(0, 3, (16,))), batch_size=8)
-    trainer = pl.Trainer(
-        **{**QUIET, "max_steps": 1, "enable_model_summary": True, "precision": precision, "default_root_dir": tmp_path}
-    )
+    trainer = quiet_trainer(max_steps=1, enable_model_summary=True, precision=precision)
     trainer.fit(model, train_dataloaders=loader)
     assert trainer.global_step == 1
     assert model.example_input_array.dtype == next(model.parameters()).dtype
@@ -437,19 +419,16 @@ class RecordLR(Callback):
         self.lrs = [group["lr"] for group in trainer.optimizers[0].param_groups]
 
 
-def test_point08_lr_find_with_defaults_then_fit_trains_at_the_suggestion(tmp_path):
+def test_point08_lr_find_with_defaults_then_fit_trains_at_the_suggestion(quiet_trainer, digits):
     pl.seed_everything(0)
     model = FeatureClassifier(MLP(hidden=(32,), dropout=0.0))
     record = RecordLR()
-    trainer = pl.Trainer(
-        **{**QUIET, "max_epochs": 1, "limit_val_batches": 0, "default_root_dir": tmp_path, "callbacks": [record]}
-    )
-    dm = DigitsDataModule(batch_size=32)
-    finder = Tuner(trainer).lr_find(model, datamodule=dm)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[record])
+    finder = Tuner(trainer).lr_find(model, datamodule=digits)
     suggestion = finder.suggestion()
     assert suggestion is not None and suggestion != 0.01  # 0.01: krizhevsky_sgd's own
     assert model.lr == suggestion and model.hparams["lr"] == suggestion
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=digits)
     assert record.lrs == [suggestion]
 
 
@@ -500,7 +479,10 @@ def _private_attributes_of_others(paths: list[Path]) -> list[str]:
 
 
 def test_point14_the_package_uses_no_private_attribute_or_module_of_another_library():
-    """No ``x._private`` of Lightning, torchmetrics, jsonargparse or torch anywhere in ``src/``, and no private module."""
+    """No ``x._private`` of Lightning, torchmetrics, jsonargparse or torch anywhere in ``src/``.
+
+    And no private module.
+    """
     package = Path(lightning_deepfeat.models.__file__).parents[1]
     paths = sorted(package.rglob("*.py"))
     assert _private_attributes_of_others(paths) == []
@@ -536,36 +518,35 @@ class RecordEpochMetrics(Callback):
         }
 
 
-def _resume_run(tmp_path: Path, ckpt_path: Path | None = None) -> tuple[RecordEpochMetrics, dict[str, torch.Tensor]]:
+def _resume_run(
+    quiet_trainer, root: Path, ckpt_path: Path | None = None
+) -> tuple[RecordEpochMetrics, dict[str, torch.Tensor]]:
     pl.seed_everything(0)
     model = FeatureClassifier(
         ConvNet(channels=(4,), hidden=(16,), dropout=0.5), optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9)
     )
     record = RecordEpochMetrics()
-    trainer = pl.Trainer(
-        **{
-            **QUIET,
-            "max_epochs": 2,
-            "limit_train_batches": 6,
-            "limit_val_batches": 0,
-            "deterministic": True,
-            "default_root_dir": tmp_path,
-            "enable_checkpointing": True,
-            "callbacks": [record, ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)],
-        }
+    trainer = quiet_trainer(
+        max_epochs=2,
+        limit_train_batches=6,
+        limit_val_batches=0,
+        deterministic=True,
+        default_root_dir=root,
+        enable_checkpointing=True,
+        callbacks=[record, ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=4, save_top_k=-1)],
     )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=32, translate=1), ckpt_path=ckpt_path)
     return record, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_point14_mid_epoch_resume_restores_the_running_training_metrics(tmp_path):
-    reference, weights = _resume_run(tmp_path / "ref")
+def test_point14_mid_epoch_resume_restores_the_running_training_metrics(tmp_path, quiet_trainer):
+    reference, weights = _resume_run(quiet_trainer, tmp_path / "ref")
     ckpt = tmp_path / "ref" / "ckpt" / "epoch=1-step=8.ckpt"  # epoch 1, after 2 of its 6 batches
     saved = torch.load(ckpt, weights_only=True)
     assert saved["deepfeat_train_metrics"]["epoch"] == 1  # mid-epoch: the running metrics are in the checkpoint
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*compute.*before the.*update.*")
-        resumed, resumed_weights = _resume_run(tmp_path / "run", ckpt_path=ckpt)
+        resumed, resumed_weights = _resume_run(quiet_trainer, tmp_path / "run", ckpt_path=ckpt)
     assert set(resumed.epochs) == {1}
     assert {"train_loss", "train_error"} <= set(resumed.epochs[1])
     for key, value in reference.epochs[1].items():
@@ -577,23 +558,15 @@ def test_point14_mid_epoch_resume_restores_the_running_training_metrics(tmp_path
 # ====================================================================================================
 # the data modules and the CLI (points 2, 3, 9, 10)
 # ====================================================================================================
-DATA_QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-
-
-def _every_data_module(root: Path) -> dict[str, pl.LightningDataModule]:
-    """One of each data module we ship, on small generated files (nothing downloads)."""
-    write_idx_dataset(root / "mnist")
-    write_idx_dataset(root / "fashion")
-    write_cifar10(root / "cifar10")
-    write_cifar100(root / "cifar100")
-    write_image_folder(root / "folder", per_class=4)
+def _every_data_module(data: DataRoots) -> dict[str, pl.LightningDataModule]:
+    """One of each data module we ship, on the small generated files of ``generated_data`` (nothing downloads)."""
     return {
         "digits": DigitsDataModule(batch_size=16, translate=1),
-        "mnist": MNISTDataModule(root=root / "mnist", batch_size=16, translate=2),
-        "fashion": FashionMNISTDataModule(root=root / "fashion", batch_size=16, translate=2, hflip=True),
-        "cifar10": CIFAR10DataModule(root=root / "cifar10", batch_size=8, translate=4, hflip=True),
-        "cifar100": CIFAR100DataModule(root=root / "cifar100", batch_size=8, crop_size=28),
-        "folder": ImageFolderDataModule(root / "folder", resize=40, crop_size=32, batch_size=4),
+        "mnist": MNISTDataModule(root=data.mnist, batch_size=16, translate=2),
+        "fashion": FashionMNISTDataModule(root=data.fashion, batch_size=16, translate=2, hflip=True),
+        "cifar10": CIFAR10DataModule(root=data.cifar10, batch_size=8, translate=4, hflip=True),
+        "cifar100": CIFAR100DataModule(root=data.cifar100, batch_size=8, crop_size=28),
+        "folder": ImageFolderDataModule(data.folder, resize=40, crop_size=32, batch_size=4),
     }
 
 
@@ -603,8 +576,8 @@ def _model_for(dm: pl.LightningDataModule) -> FeatureClassifier:
 
 
 # ----------------------------------------------------------------- 2. the loaders are ordinary loaders
-def test_point02_loaders_used_by_hand_yield_normalised_float_batches(tmp_path):
-    for name, dm in _every_data_module(tmp_path).items():
+def test_point02_loaders_used_by_hand_yield_normalised_float_batches(generated_data):
+    for name, dm in _every_data_module(generated_data).items():
         dm.setup("fit")
         dm.setup("predict")
         for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader(), dm.predict_dataloader()):
@@ -655,15 +628,15 @@ def test_point02_plain_pytorch_loop_over_our_loaders():
     assert val_loss() < 0.5 * before
 
 
-def test_point02_trainer_fit_and_predict_with_our_loaders_passed_by_hand(tmp_path):
+def test_point02_trainer_fit_and_predict_with_our_loaders_passed_by_hand(quiet_trainer):
     dm = DigitsDataModule(batch_size=64, translate=1)
     dm.setup("fit")
     dm.setup("predict")
     model = _model_for(dm)
-    trainer = pl.Trainer(max_epochs=2, default_root_dir=tmp_path, **DATA_QUIET)
+    trainer = quiet_trainer(max_epochs=2)
     trainer.fit(model, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
     assert trainer.callback_metrics["val_error"] < 0.9
-    predictions = pl.Trainer(**DATA_QUIET).predict(model, dataloaders=dm.predict_dataloader())
+    predictions = quiet_trainer().predict(model, dataloaders=dm.predict_dataloader())
     probabilities = torch.cat(predictions)
     assert probabilities.shape == (len(dm.splits["test"][1]), 10)
     assert torch.allclose(probabilities.sum(1), torch.ones(len(probabilities)), atol=1e-5)
@@ -691,19 +664,14 @@ class _SeenDtype(pl.Callback):
         ("32-true", torch.float32),
     ],
 )
-def test_point03_true_and_mixed_precision_fit_on_cpu_with_every_data_module(tmp_path, precision, dtype):
-    for name, dm in _every_data_module(tmp_path).items():
+def test_point03_true_and_mixed_precision_fit_on_cpu_with_every_data_module(
+    generated_data, quiet_trainer, precision, dtype
+):
+    for name, dm in _every_data_module(generated_data).items():
         seen = _SeenDtype()
         model = _model_for(dm)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            precision=precision,
-            max_steps=2,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            callbacks=[seen],
-            default_root_dir=tmp_path,
-            **DATA_QUIET,
+        trainer = quiet_trainer(
+            precision=precision, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[seen]
         )
         trainer.fit(model, datamodule=dm)
         assert seen.dtypes == {dtype}, (name, seen.dtypes)
@@ -712,17 +680,9 @@ def test_point03_true_and_mixed_precision_fit_on_cpu_with_every_data_module(tmp_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="16-bit precision needs a GPU")
 @pytest.mark.parametrize("precision", ["16-true", "16-mixed"])
-def test_point03_half_precision_fits_on_gpu(tmp_path, precision):
+def test_point03_half_precision_fits_on_gpu(quiet_trainer, precision):
     dm = DigitsDataModule(batch_size=32, translate=1)
-    trainer = pl.Trainer(
-        accelerator="gpu",
-        devices=1,
-        precision=precision,
-        max_steps=3,
-        limit_val_batches=1,
-        default_root_dir=tmp_path,
-        **DATA_QUIET,
-    )
+    trainer = quiet_trainer(accelerator="gpu", precision=precision, max_steps=3, limit_val_batches=1)
     trainer.fit(_model_for(dm), datamodule=dm)
     assert torch.isfinite(trainer.callback_metrics["train_loss"]).item()
 
@@ -736,10 +696,10 @@ class _Batches(pl.Callback):
         self.train.append((batch[0].clone(), batch[1].clone()))
 
 
-def test_point09_overfit_batches_repeats_one_fixed_batch(tmp_path):
+def test_point09_overfit_batches_repeats_one_fixed_batch(quiet_trainer):
     seen = _Batches()
     dm = DigitsDataModule(batch_size=32, translate=1, hflip=True)
-    trainer = pl.Trainer(max_epochs=4, overfit_batches=1, callbacks=[seen], default_root_dir=tmp_path, **DATA_QUIET)
+    trainer = quiet_trainer(max_epochs=4, overfit_batches=1, callbacks=[seen])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(_model_for(dm), datamodule=dm)
@@ -906,22 +866,10 @@ class LRsBeforeEachStep(Callback):
         self.lrs[trainer.global_step] = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
 
 
-def _trainer(tmp_path: Path | None = None, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        deterministic=True,
-    )
-    if tmp_path is not None:
-        defaults["default_root_dir"] = str(tmp_path)
-    defaults.update(kwargs)
-    return Trainer(**defaults)
+@pytest.fixture
+def no_val_trainer(quiet_trainer):
+    """``quiet_trainer`` without validation or sanity check, and deterministic: these sections' Trainer."""
+    return partial(quiet_trainer, num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
 
 
 def _unit_norms(weight: torch.Tensor, unit_dim: int = 0) -> torch.Tensor:
@@ -983,7 +931,11 @@ def test_point04_transposed_conv_units_idempotent():
 
 
 def _digits_fit(
-    max_epochs: int = 3, max_steps: int = -1, ckpt_dir: Path | None = None, ckpt_path: str | None = None
+    quiet_trainer,
+    max_epochs: int = 3,
+    max_steps: int = -1,
+    ckpt_dir: Path | None = None,
+    ckpt_path: str | None = None,
 ) -> tuple[LightningModule, MaxNormConstraint, Trainer]:
     from lightning_deepfeat import ConvNet, FeatureClassifier
     from lightning_deepfeat.data import DigitsDataModule
@@ -997,14 +949,10 @@ def _digits_fit(
     callbacks: list[Callback] = [constraint]
     if ckpt_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=30, save_top_k=-1))
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_epochs=max_epochs,
         max_steps=max_steps,
         deterministic=True,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=ckpt_dir is not None,
         callbacks=callbacks,
     )
@@ -1013,11 +961,11 @@ def _digits_fit(
 
 
 @pytest.mark.slow
-def test_point04_resume_with_units_on_the_bound_is_bit_exact(tmp_path):
-    full, full_constraint, full_trainer = _digits_fit()
-    _digits_fit(max_steps=30, ckpt_dir=tmp_path)  # interrupted at step 30 (mid-epoch 2)
+def test_point04_resume_with_units_on_the_bound_is_bit_exact(tmp_path, quiet_trainer):
+    full, full_constraint, full_trainer = _digits_fit(quiet_trainer)
+    _digits_fit(quiet_trainer, max_steps=30, ckpt_dir=tmp_path)  # interrupted at step 30 (mid-epoch 2)
     (ckpt,) = tmp_path.glob("*step=30.ckpt")
-    resumed, constraint, trainer = _digits_fit(ckpt_path=str(ckpt))
+    resumed, constraint, trainer = _digits_fit(quiet_trainer, ckpt_path=str(ckpt))
 
     assert trainer.global_step == full_trainer.global_step == 33
     a, b = full.state_dict(), resumed.state_dict()
@@ -1037,10 +985,9 @@ def test_point04_resume_with_units_on_the_bound_is_bit_exact(tmp_path):
 TIMING = "ModelCheckpoint saves at the end of validation"
 
 
-def _fit_with_checkpoint(tmp_path: Path, checkpoint: ModelCheckpoint, **trainer_kwargs) -> list[str]:
+def _fit_with_checkpoint(no_val_trainer, checkpoint: ModelCheckpoint, **trainer_kwargs) -> list[str]:
     """Fit with a training-metric plateau and ``checkpoint``; the messages of the warnings raised."""
-    trainer = _trainer(
-        tmp_path,
+    trainer = no_val_trainer(
         enable_checkpointing=True,
         callbacks=[DivideLROnPlateau(monitor="train_loss", patience=1, verbose=False), checkpoint],
         **trainer_kwargs,
@@ -1056,9 +1003,9 @@ def _fit_with_checkpoint(tmp_path: Path, checkpoint: ModelCheckpoint, **trainer_
     [dict(val_check_interval=0.5), dict(check_val_every_n_epoch=2)],
     ids=["val_check_interval=0.5", "check_val_every_n_epoch=2"],
 )
-def test_point11_resume_timing_warning_fires(tmp_path, trainer_kwargs):
+def test_point11_resume_timing_warning_fires(tmp_path, no_val_trainer, trainer_kwargs):
     messages = _fit_with_checkpoint(
-        tmp_path,
+        no_val_trainer,
         ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
         max_epochs=3,
         limit_val_batches=1,
@@ -1078,9 +1025,11 @@ def test_point11_resume_timing_warning_fires(tmp_path, trainer_kwargs):
     ],
     ids=["defaults", "save_on_train_epoch_end+val_check_interval", "save_on_train_epoch_end+every_2"],
 )
-def test_point11_no_timing_warning_when_checkpoints_follow_the_decision(tmp_path, checkpoint_kwargs, trainer_kwargs):
+def test_point11_no_timing_warning_when_checkpoints_follow_the_decision(
+    tmp_path, no_val_trainer, checkpoint_kwargs, trainer_kwargs
+):
     messages = _fit_with_checkpoint(
-        tmp_path,
+        no_val_trainer,
         ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, **checkpoint_kwargs),
         max_epochs=3,
         limit_val_batches=1,
@@ -1089,33 +1038,33 @@ def test_point11_no_timing_warning_when_checkpoints_follow_the_decision(tmp_path
     assert not [m for m in messages if TIMING in m]
 
 
-def test_point11_step_checks_on_an_epoch_only_metric_say_so():
+def test_point11_step_checks_on_an_epoch_only_metric_say_so(no_val_trainer):
     plateau = DivideLROnPlateau(monitor="train_loss", check_every_n_steps=2)
     with pytest.raises(RuntimeError) as err:
-        _trainer(max_epochs=2, callbacks=[plateau]).fit(Regression(per_step=False), _loader())
+        no_val_trainer(max_epochs=2, callbacks=[plateau]).fit(Regression(per_step=False), _loader())
     msg = str(err.value)
     assert "logged per epoch only" in msg
     assert "on_step=True" in msg and "check_every_n_steps" in msg  # how to fix it
     assert "Available keys: (none)" not in msg
 
 
-def test_point11_step_checks_on_an_epoch_only_metric_seen_after_an_epoch(tmp_path):
+def test_point11_step_checks_on_an_epoch_only_metric_seen_after_an_epoch(no_val_trainer):
     # non-strict: warned and skipped in epoch 0; once the epoch's value exists the message is definite
     plateau = DivideLROnPlateau(monitor="train_loss", check_every_n_steps=2, strict=False)
     with pytest.warns(UserWarning, match="logged per epoch only") as caught:
-        _trainer(max_epochs=2, callbacks=[plateau]).fit(Regression(per_step=False), _loader())
+        no_val_trainer(max_epochs=2, callbacks=[plateau]).fit(Regression(per_step=False), _loader())
     assert plateau.num_checks == 0
     assert any("but 'train_loss' is logged per epoch only" in str(w.message) for w in caught)
 
 
 # ----------------------------------------------------------------- 12. warm-up, then the plateau rule
-def test_point12_warmup_follows_linear_lr_then_plateau_rule():
+def test_point12_warmup_follows_linear_lr_then_plateau_rule(no_val_trainer):
     n, f = 6, 0.25
     rec = LRsBeforeEachStep()
     plateau = DivideLROnPlateau(
         monitor="train_loss", patience=100, warmup_steps=n, warmup_start_factor=f, verbose=False
     )
-    _trainer(max_epochs=3, callbacks=[plateau, rec]).fit(Regression(lrs=(0.1, 0.02)), _loader())
+    no_val_trainer(max_epochs=3, callbacks=[plateau, rec]).fit(Regression(lrs=(0.1, 0.02)), _loader())
     assert sorted(rec.lrs) == list(range(12))
     bases = [0.1, 0.02]
     # the closed form, bit for bit
@@ -1130,25 +1079,25 @@ def test_point12_warmup_follows_linear_lr_then_plateau_rule():
         sched.step()
 
 
-def test_point12_no_plateau_counted_during_warmup_then_one_drop_by_10():
+def test_point12_no_plateau_counted_during_warmup_then_one_drop_by_10(no_val_trainer):
     # "metric" is 1.0 at every step. Checks every 2 steps: at global steps 2, 4 (warm-up, ignored),
     # 6 (the first counted: sets the best), 8 (no improvement, patience 0: divide by 10).
     rec = LRsBeforeEachStep()
     plateau = DivideLROnPlateau(
         monitor="metric", check_every_n_steps=2, patience=0, warmup_steps=4, warmup_start_factor=0.5, verbose=False
     )
-    _trainer(max_steps=9, callbacks=[plateau, rec]).fit(ConstantMetric(lrs=(0.1, 0.02)), _loader())
+    no_val_trainer(max_steps=9, callbacks=[plateau, rec]).fit(ConstantMetric(lrs=(0.1, 0.02)), _loader())
     assert plateau.num_checks == 2 and plateau.num_drops == 1
     for t in range(9):
         expected = [b * (0.5 + 0.5 * t / 4) if t < 4 else (b if t < 8 else b / 10) for b in (0.1, 0.02)]
         assert rec.lrs[t] == expected, t
     # without the warm-up the same stream drops at steps 4 and 6 already
     plain = DivideLROnPlateau(monitor="metric", check_every_n_steps=2, patience=0, verbose=False)
-    _trainer(max_steps=9, callbacks=[plain]).fit(ConstantMetric(), _loader())
+    no_val_trainer(max_steps=9, callbacks=[plain]).fit(ConstantMetric(), _loader())
     assert plain.num_drops == 3
 
 
-def _warmup_fit(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None, save: bool = False):
+def _warmup_fit(no_val_trainer, tmp_path: Path, max_epochs: int, ckpt_path: str | None = None, save: bool = False):
     rec = LRsBeforeEachStep()
     plateau = DivideLROnPlateau(
         monitor="train_loss", patience=0, threshold=0.9, warmup_steps=10, warmup_start_factor=0.1, verbose=False
@@ -1161,16 +1110,18 @@ def _warmup_fit(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None, s
             )
         )
     model = Regression(lrs=(0.05, 0.05))
-    _trainer(max_epochs=max_epochs, enable_checkpointing=save, callbacks=callbacks).fit(
+    no_val_trainer(max_epochs=max_epochs, enable_checkpointing=save, callbacks=callbacks).fit(
         model, _loader(), ckpt_path=ckpt_path
     )
     return model, plateau, rec
 
 
-def test_point12_resume_mid_warmup_equals_uninterrupted(tmp_path):
-    full, full_plateau, full_rec = _warmup_fit(tmp_path, max_epochs=6)
-    _warmup_fit(tmp_path, max_epochs=1, save=True)  # stops after step 4 of a 10-step warm-up
-    resumed, plateau, rec = _warmup_fit(tmp_path, max_epochs=6, ckpt_path=str(tmp_path / "epoch=0.ckpt"))
+def test_point12_resume_mid_warmup_equals_uninterrupted(tmp_path, no_val_trainer):
+    full, full_plateau, full_rec = _warmup_fit(no_val_trainer, tmp_path, max_epochs=6)
+    _warmup_fit(no_val_trainer, tmp_path, max_epochs=1, save=True)  # stops after step 4 of a 10-step warm-up
+    resumed, plateau, rec = _warmup_fit(
+        no_val_trainer, tmp_path, max_epochs=6, ckpt_path=str(tmp_path / "epoch=0.ckpt")
+    )
     assert sorted(rec.lrs) == list(range(4, 24))
     assert rec.lrs == {t: full_rec.lrs[t] for t in range(4, 24)}  # learning rates, bit for bit
     assert full_rec.lrs[4][0] < 0.05 and full_plateau.num_drops >= 1  # resumed mid-warm-up, then dropped
@@ -1181,13 +1132,13 @@ def test_point12_resume_mid_warmup_equals_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_point12_warmup_identical_on_every_rank(tmp_path):
+def test_point12_warmup_identical_on_every_rank(tmp_path, no_val_trainer):
     from _callback_helpers import ScriptedMetricModule, StepLRRecorder
 
     # 2 processes x 2 batches per epoch; "metric" 1.0 every epoch: checks at steps 2, 4 (warm-up),
     # 6 (best), 8 and 10 (bad, patience 0: each divides by 10)
     plateau = DivideLROnPlateau(monitor="metric", patience=0, warmup_steps=5, warmup_start_factor=0.2, verbose=False)
-    trainer = _trainer(
+    trainer = no_val_trainer(
         max_epochs=5,
         devices=2,
         strategy="ddp_spawn",
@@ -1221,7 +1172,7 @@ def test_point14_no_private_lightning_access_in_the_package():
     assert not found, "\n".join(found)
 
 
-def test_point14_callback_metrics_keep_the_storage_of_a_value_not_logged_again():
+def test_point14_callback_metrics_keep_the_storage_of_a_value_not_logged_again(no_val_trainer):
     """What DivideLROnPlateau relies on to tell a new value from an old one, with public API only."""
 
     class EveryOtherEpoch(Regression):
@@ -1238,7 +1189,7 @@ def test_point14_callback_metrics_keep_the_storage_of_a_value_not_logged_again()
             self.reads.append((trainer.callback_metrics["sometimes"], trainer.callback_metrics["sometimes"]))
 
     probe = Probe()
-    _trainer(max_epochs=4, callbacks=[probe]).fit(EveryOtherEpoch(), _loader())
+    no_val_trainer(max_epochs=4, callbacks=[probe]).fit(EveryOtherEpoch(), _loader())
     ptr = [(a.untyped_storage().data_ptr(), b.untyped_storage().data_ptr()) for a, b in probe.reads]
     assert all(p == q for p, q in ptr)  # two reads of one value: one storage (the tensors may differ)
     assert ptr[1][0] == ptr[0][0] and ptr[3][0] == ptr[2][0]  # not logged again: the same storage
@@ -1246,7 +1197,7 @@ def test_point14_callback_metrics_keep_the_storage_of_a_value_not_logged_again()
     assert [float(a) for a, _ in probe.reads] == [0.0, 0.0, 2.0, 2.0]
 
 
-def test_point14_epoch_checks_use_only_values_logged_since_the_last_check():
+def test_point14_epoch_checks_use_only_values_logged_since_the_last_check(no_val_trainer):
     class EveryOtherEpoch(Regression):
         def training_step(self, batch, batch_idx):
             if self.current_epoch % 2 == 0:
@@ -1254,12 +1205,12 @@ def test_point14_epoch_checks_use_only_values_logged_since_the_last_check():
             return super().training_step(batch, batch_idx)
 
     plateau = DivideLROnPlateau(monitor="sometimes", patience=0, verbose=False)
-    _trainer(max_epochs=6, callbacks=[plateau]).fit(EveryOtherEpoch(), _loader())
+    no_val_trainer(max_epochs=6, callbacks=[plateau]).fit(EveryOtherEpoch(), _loader())
     assert plateau.num_checks == 3  # epochs 0, 2, 4: the value of epoch 0 is not checked again at epoch 1
     assert plateau.num_drops == 2
 
 
-def test_point14_step_checks_read_a_classification_error_subclass_by_isinstance():
+def test_point14_step_checks_read_a_classification_error_subclass_by_isinstance(no_val_trainer):
     from torchmetrics import MetricCollection
 
     from lightning_deepfeat.metrics import ClassificationError
@@ -1294,7 +1245,7 @@ def test_point14_step_checks_read_a_classification_error_subclass_by_isinstance(
             seen.append(current)
             return super().step(current, optimizers)
 
-    _trainer(max_steps=4, callbacks=[Recording(monitor="train_error", check_every_n_steps=2, verbose=False)]).fit(
+    no_val_trainer(max_steps=4, callbacks=[Recording(monitor="train_error", check_every_n_steps=2, verbose=False)]).fit(
         model, DataLoader(TensorDataset(x, y), batch_size=4)
     )
     with torch.no_grad():

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from _callback_helpers import quiet_trainer, row_norms
+from _callback_helpers import row_norms
 from lightning_deepfeat.callbacks import MaxNormConstraint
 from lightning_deepfeat.models import MLP, FeatureClassifier
 
@@ -103,7 +103,7 @@ def test_small_rows_never_shrink_unlike_keras():
     assert cb.num_applications == 100
 
 
-def test_bound_after_real_training_steps_and_head_left_out():
+def test_bound_after_real_training_steps_and_head_left_out(quiet_trainer):
     model = _classifier(lr=5.0)
     cb = MaxNormConstraint(max_norm=C)
     quiet_trainer(max_steps=3, callbacks=[cb]).fit(model, _data())
@@ -114,7 +114,7 @@ def test_bound_after_real_training_steps_and_head_left_out():
     assert cb.num_applications == 1 + 3  # fit start + one per optimizer step
 
 
-def test_under_bound_rows_bit_identical_through_training():
+def test_under_bound_rows_bit_identical_through_training(quiet_trainer):
     model = _classifier(lr=0.0)  # the step leaves weights unchanged: only the projection can move them
     layer = model.features.layers[1]
     norms = row_norms(layer.weight)
@@ -127,7 +127,7 @@ def test_under_bound_rows_bit_identical_through_training():
     assert _on_bound(row_norms(layer.weight.double())[~inside], c)
 
 
-def test_resume_on_the_bound_bit_exact_and_counts_steps_plus_one(tmp_path):
+def test_resume_on_the_bound_bit_exact_and_counts_steps_plus_one(tmp_path, quiet_trainer):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def fit(max_epochs, ckpt_path=None, save=False):
@@ -150,7 +150,7 @@ def test_resume_on_the_bound_bit_exact_and_counts_steps_plus_one(tmp_path):
     assert cb.num_applications == full_cb.num_applications == 3 * 4 + 1  # fit start + 12 steps, in both runs
 
 
-def test_once_per_step_under_gradient_accumulation():
+def test_once_per_step_under_gradient_accumulation(quiet_trainer):
     cb = MaxNormConstraint(max_norm=C)
     trainer = quiet_trainer(max_epochs=1, accumulate_grad_batches=2, callbacks=[cb])
     trainer.fit(_classifier(lr=1.0), _data(n=16, batch_size=2))  # 8 batches -> 4 optimizer steps
@@ -188,7 +188,7 @@ class _ManualScaler(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=5.0)
 
 
-def test_amp_skipped_step_is_not_projected():
+def test_amp_skipped_step_is_not_projected(quiet_trainer):
     torch.manual_seed(0)
     model = _ManualScaler(inf_at=1)
     cb = MaxNormConstraint(max_norm=C)
@@ -231,7 +231,7 @@ class _TwoOptimizers(LightningModule):
         return torch.optim.SGD(self.a.parameters(), lr=5.0), torch.optim.Adam(self.b.parameters(), lr=2.0)
 
 
-def test_after_each_optimizer_on_its_own_weights():
+def test_after_each_optimizer_on_its_own_weights(quiet_trainer):
     torch.manual_seed(0)
     model = _TwoOptimizers()
     cb = MaxNormConstraint(max_norm=C)
@@ -262,7 +262,7 @@ class _Capture(Logger):
         pass
 
 
-def test_logs_fraction_of_units_on_the_bound():
+def test_logs_fraction_of_units_on_the_bound(quiet_trainer):
     logger = _Capture()
     cb = MaxNormConstraint(max_norm=C, log_every_n_steps=2)
     quiet_trainer(max_steps=4, callbacks=[cb], logger=logger).fit(_classifier(lr=5.0), _data())
@@ -302,7 +302,7 @@ def test_bad_arguments_raise_value_error(kwargs, fragment):
         (dict(exclude=["*.gamma"]), "`exclude` pattern '*.gamma' matches no"),
     ],
 )
-def test_unmatched_patterns_fail_before_training(kwargs, fragment):
+def test_unmatched_patterns_fail_before_training(kwargs, fragment, quiet_trainer):
     model = _classifier(lr=1.0)
     with pytest.raises(ValueError, match=fragment.replace("*", r"\*").replace(".", r"\.")):
         quiet_trainer(max_steps=1, callbacks=[MaxNormConstraint(**kwargs)]).fit(model, _data())
@@ -328,7 +328,7 @@ def test_fsdp_refused_at_setup():
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_ddp_weights_identical_across_processes(tmp_path):
+def test_ddp_weights_identical_across_processes(tmp_path, quiet_trainer):
     from _callback_helpers import DumpWeights
 
     model = _classifier(lr=5.0)
@@ -339,7 +339,7 @@ def test_ddp_weights_identical_across_processes(tmp_path):
     w1 = torch.load(tmp_path / "rank1.pt")
     assert w0.keys() == w1.keys()
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    for k, (unit_dim, norm_max) in torch.load(tmp_path / "bounds0.pt").items():
+    for k, (_unit_dim, norm_max) in torch.load(tmp_path / "bounds0.pt").items():
         assert norm_max <= C + 1e-6, k
     assert len(torch.load(tmp_path / "bounds0.pt")) == 2  # the two hidden layers, not the head
 

@@ -396,3 +396,21 @@ def test_numpy_scalars_are_not_plain_data():
     from lightning_deepfeat.models._rebuild import factory_spec
 
     assert "not plain data" in factory_spec(partial(torch.optim.SGD, lr=np.float64(0.1)))["unrebuildable"]
+
+
+def test_channels_last_gives_the_same_logits_and_trains(tmp_path):
+    """``channels_last=True`` stores φ's conv weights NHWC; the function computed is the same."""
+    torch.manual_seed(0)
+    plain = FeatureClassifier(ConvNet(channels=(8, 16), hidden=(32,)), num_classes=10, input_shape=(1, 8, 8)).eval()
+    fast = FeatureClassifier(
+        ConvNet(channels=(8, 16), hidden=(32,)), num_classes=10, input_shape=(1, 8, 8), channels_last=True
+    ).eval()
+    fast.load_state_dict(plain.state_dict())
+    conv = next(m for m in fast.features.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(16, 1, 8, 8)
+    assert torch.allclose(fast(x), plain(x), atol=1e-5)
+    _fit_steps(fast.train(), 3, tmp_path)
+    assert fast.hparams["channels_last"] is True
+    with pytest.raises(ValueError, match="`channels_last` must be True or False"):
+        FeatureClassifier(channels_last="yes")

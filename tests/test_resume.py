@@ -273,7 +273,7 @@ def test_ddp_resume_mid_epoch_equals_uninterrupted(tmp_path):
     b = torch.load(tmp_path / "final_run.pt", weights_only=True)
     assert int(a["global_step"]) == int(b["global_step"]) == 2 * BATCHES_PER_EPOCH
     for key, value in a["weights"].items():
-        torch.testing.assert_close(b["weights"][key], value, rtol=1e-6, atol=1e-7, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(b["weights"][key], value, rtol=1e-6, atol=1e-7, msg=lambda m, key=key: f"{key}: {m}")
     assert torch.equal(a["lrs"], b["lrs"]) and a["lrs"][0] < 0.05
     plateau_ref = torch.load(tmp_path / "plateau_ref.pt", weights_only=True)
     plateau_run = torch.load(tmp_path / "plateau_run.pt", weights_only=True)
@@ -281,4 +281,6 @@ def test_ddp_resume_mid_epoch_equals_uninterrupted(tmp_path):
     assert len(after) >= 3
     torch.testing.assert_close(plateau_run["values"], after, rtol=1e-12, atol=0)
     for key in ("train_error", "train_loss"):
-        torch.testing.assert_close(b["metrics"][key], a["metrics"][key], rtol=1e-6, atol=0, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            b["metrics"][key], a["metrics"][key], rtol=1e-6, atol=0, msg=lambda m, key=key: f"{key}: {m}"
+        )

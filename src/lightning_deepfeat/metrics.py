@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 
 class ClassificationError(MulticlassAccuracy):
@@ -14,6 +15,7 @@ class ClassificationError(MulticlassAccuracy):
     the running error after any number of updates is ``fn.sum() / (tp + fn).sum()``.
     """
 
+    @override
     def compute(self) -> torch.Tensor:
         return 1.0 - super().compute()
 

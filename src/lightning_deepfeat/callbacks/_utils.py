@@ -23,7 +23,8 @@ def same_logged_value(a: Any, b: Any) -> bool:
         return True
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return False
-    return (
+    # bool(): the stubs type storage_offset() as int | SymInt, whose == is a SymBool (eager tensors give ints)
+    return bool(
         a.device == b.device
         and a.storage_offset() == b.storage_offset()
         and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

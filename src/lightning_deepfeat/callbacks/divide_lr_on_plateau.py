@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from lightning_deepfeat.callbacks._utils import callback_state_key, reduce_mean_consistent, same_logged_value
 from lightning_deepfeat.metrics import ClassificationError
@@ -39,14 +40,14 @@ class DivideLROnPlateau(Callback):
     finite and
 
     .. math::
-        \text{min, rel: } a_t < b - |b|\,\tau \qquad
-        \text{min, abs: } a_t < b - \tau \qquad
-        \text{max, rel: } a_t > b + |b|\,\tau \qquad
-        \text{max, abs: } a_t > b + \tau
+        \begin{array}{ll}
+        \text{min, rel: } a_t < b - |b|\,\tau \qquad & \text{min, abs: } a_t < b - \tau \\
+        \text{max, rel: } a_t > b + |b|\,\tau \qquad & \text{max, abs: } a_t > b + \tau
+        \end{array}
 
     where :math:`b` is the best value so far and :math:`\tau` the ``threshold`` (any finite
     :math:`a_t` improves on an infinite :math:`b`). The ``|b|`` makes the relative rule right
-    for negative metrics, where torch's ``b(1 - \tau)`` is not (pytorch issue 47513); NaN and
+    for negative metrics, where torch's :math:`b(1 - \tau)` is not (pytorch issue 47513); NaN and
     :math:`\pm\infty` are never improvements. Then, exactly as
     ``torch.optim.lr_scheduler.ReduceLROnPlateau(factor=1/divisor)``:
 
@@ -187,8 +188,8 @@ class DivideLROnPlateau(Callback):
         self.num_checks = 0
         self.stopped = False
         # step-mode window (saved in checkpoints)
-        self._window_sum = 0.0
-        self._window_count = 0.0
+        self._window_sum: float | torch.Tensor = 0.0  # a tensor while a window runs: no host sync per step
+        self._window_count: float | torch.Tensor = 0.0
         self._last_global_step = -1
         # warm-up: base learning rates of all groups, captured at fit start (saved in checkpoints)
         self._base_lrs: list[float] | None = None
@@ -216,11 +217,13 @@ class DivideLROnPlateau(Callback):
 
     # ------------------------------------------------------------------ state
     @property
+    @override
     def state_key(self) -> str:
         return callback_state_key(
             self, monitor=self.monitor, mode=self.mode, check_every_n_steps=self.check_every_n_steps
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "best": self.best,
@@ -240,6 +243,7 @@ class DivideLROnPlateau(Callback):
             "base_lrs": None if self._base_lrs is None else list(self._base_lrs),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = float(state_dict["best"])
         self.num_bad_checks = int(state_dict["num_bad_checks"])
@@ -309,7 +313,7 @@ class DivideLROnPlateau(Callback):
     def _divide(self, optimizers: Sequence[Optimizer]) -> bool:
         groups = [g for opt in optimizers for g in opt.param_groups]
         changed = False
-        for group, floor in zip(groups, self._floors(groups)):
+        for group, floor in zip(groups, self._floors(groups), strict=True):
             old = float(group["lr"])
             new = max(old / self.divisor, floor)
             if old - new > self.eps:
@@ -330,6 +334,7 @@ class DivideLROnPlateau(Callback):
         return [float(g["lr"]) for opt in getattr(self, "_optimizers", []) for g in opt.param_groups]
 
     # ------------------------------------------------------------------ Lightning hooks
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.lr_scheduler_configs:
             names = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
@@ -394,23 +399,28 @@ class DivideLROnPlateau(Callback):
         base = trainer.strategy.reduce(base, reduce_op="sum")
         state["counts_base"] = [float(base[0]), float(base[1])] if float(has_base) > 0 else None
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # here, not at fit start: on resume Lightning restores the optimizers (and their learning
         # rates) and the step counter between the two
         self._apply_warmup(trainer)
         self._log_lrs(trainer)
 
+    @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._counts_base = None
 
+    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._after_validation = False  # a validation followed by more training: not the epoch-end one
         self._apply_warmup(trainer)
 
+    @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.check_every_n_steps is None and not trainer.sanity_checking and trainer.state.fn == "fit":
             self._val_start = trainer.callback_metrics.get(self.monitor)
 
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
@@ -429,6 +439,7 @@ class DivideLROnPlateau(Callback):
         self._after_validation = True
         self._saved_after_validation = False
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         saved_before_decision = self._after_validation and self._saved_after_validation
         self._after_validation = False
@@ -454,6 +465,7 @@ class DivideLROnPlateau(Callback):
             return  # it may be a validation metric of a validation that has not run yet
         self._missing(trainer)
 
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -503,7 +515,9 @@ class DivideLROnPlateau(Callback):
         if not self.warmup_steps or self._base_lrs is None or step > self.warmup_steps:
             return
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
-        for group, base in zip(groups, self._base_lrs):
+        # strict=False: a group added after fit start (BaseFinetuning's unfreeze_and_add_param_group) has no
+        # captured base rate and keeps its own
+        for group, base in zip(groups, self._base_lrs, strict=False):
             group["lr"] = self.warmup_lr(base, step)
 
     def _fail(self, msg: str, kind: str) -> None:
@@ -582,7 +596,7 @@ class DivideLROnPlateau(Callback):
                 f"DivideLROnPlateau: {self.monitor}={current:.6g} has not improved on {self.best:.6g}; "
                 f"learning rate divided by {self.divisor:g} (drop {self.num_drops}"
                 f"{'' if self.max_drops is None else f'/{self.max_drops}'}): "
-                + ", ".join(f"{a:.4g} -> {b:.4g}" for a, b in zip(before, after))
+                + ", ".join(f"{a:.4g} -> {b:.4g}" for a, b in zip(before, after, strict=True))
             )
         if self.stopped and not trainer.should_stop:
             trainer.should_stop = True
@@ -615,6 +629,9 @@ def _error_counts(pl_module: LightningModule, monitor: str) -> tuple[torch.Tenso
     for collection in pl_module.modules():
         if isinstance(collection, MetricCollection) and monitor in collection.keys(keep_base=False):
             metric = collection[monitor]
+            # tensor states (list states only with multidim_average="samplewise", which has no running counts)
             if isinstance(metric, ClassificationError):
-                return metric.fn.sum(), (metric.tp + metric.fn).sum()
+                wrong, right = metric.fn, metric.tp
+                if isinstance(wrong, torch.Tensor) and isinstance(right, torch.Tensor):
+                    return wrong.sum(), (right + wrong).sum()
     return None

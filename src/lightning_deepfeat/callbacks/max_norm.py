@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from lightning_deepfeat.callbacks._utils import callback_state_key
 from lightning_deepfeat.validation import check_bool, check_int, check_number, check_patterns, fail
@@ -158,12 +159,15 @@ class MaxNormConstraint(Callback):
         self._restored = False  # load_state_dict ran: the fit-start projection of this fit is not counted
 
     @property
+    @override
     def state_key(self) -> str:
         return callback_state_key(self, max_norm=self.max_norm, include=self.include, exclude=self.exclude)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"num_applications": self.num_applications, "calls": self._calls}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.num_applications = int(state_dict.get("num_applications", 0))
         self._calls = int(state_dict.get("calls", 0))
@@ -186,7 +190,10 @@ class MaxNormConstraint(Callback):
                     )
         selected: dict[str, tuple[torch.Tensor, int]] = {}
         for mod_name, mod in module.named_modules():
-            if not isinstance(mod, self.module_types) or not isinstance(getattr(mod, "weight", None), torch.Tensor):
+            if not isinstance(mod, self.module_types):
+                continue
+            weight = getattr(mod, "weight", None)
+            if not isinstance(weight, torch.Tensor):
                 continue
             name = f"{mod_name}.weight" if mod_name else "weight"
             if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
@@ -195,7 +202,6 @@ class MaxNormConstraint(Callback):
                 continue
             if self.exclude_head and any(fnmatch.fnmatchcase(name, p) for p in _HEAD_PATTERNS):
                 continue
-            weight = mod.weight
             if weight.dim() < 2:
                 continue
             unit_dim = self.dim if self.dim is not None else (1 if isinstance(mod, _TRANSPOSED) else 0)
@@ -247,6 +253,7 @@ class MaxNormConstraint(Callback):
         return out
 
     # ------------------------------------------------------------------ Lightning hooks
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -260,6 +267,7 @@ class MaxNormConstraint(Callback):
             )
         self.select(pl_module)  # validate patterns before any training step
 
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hooks()
         self._trainer = trainer
@@ -306,6 +314,7 @@ class MaxNormConstraint(Callback):
             handle.remove()
         self._handles = []
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
         self._trainer = None
@@ -376,7 +385,8 @@ def _local(weight: torch.Tensor) -> torch.Tensor:
     """The locally stored tensor of a (possibly DTensor) parameter, as a view that in-place ops write through."""
     to_local = getattr(weight, "to_local", None)
     data = weight.detach()
-    return data.to_local() if to_local is not None and callable(getattr(data, "to_local", None)) else data
+    data_to_local = getattr(data, "to_local", None)
+    return data_to_local() if to_local is not None and callable(data_to_local) else data
 
 
 def _check_placement(name: str, weight: torch.Tensor, unit_dim: int) -> None:

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from typing_extensions import override
 
 from lightning_deepfeat.validation import check_path, fail
 
@@ -74,6 +75,7 @@ class PredictionWriter(BasePredictionWriter):
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         return path
 
+    @override
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self._path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,7 @@ class PredictionWriter(BasePredictionWriter):
         self._position = 0
         self.paths = [path]
 
+    @override
     def write_on_batch_end(
         self,
         trainer: Trainer,
@@ -100,7 +103,9 @@ class PredictionWriter(BasePredictionWriter):
             )
         scores = prediction.detach().float().cpu()
         n, k = scores.shape
-        names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
+        # a public attribute that Lightning's data connector sets; the Trainer class does not declare it
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        names = getattr(datamodule, "class_names", None) if datamodule is not None else None
         if self._writer is None:
             self._writer = csv.writer(self._file)
             header = ["index", "predicted"] + (["class_name"] if names else []) + [f"p_{j}" for j in range(k)]
@@ -113,16 +118,18 @@ class PredictionWriter(BasePredictionWriter):
         self._position += n
         predicted = scores.argmax(dim=1).tolist()
         fmt = self.float_format.format
-        for index, label, row in zip(indices, predicted, scores.tolist()):
+        for index, label, row in zip(indices, predicted, scores.tolist(), strict=True):
             name = [names[label] if label < len(names) else ""] if names else []
             self._writer.writerow([index, label, *name, *(fmt(v) for v in row)])
 
+    @override
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
         rank_zero_info(f"deepfeat: wrote the predictions to {self.paths[0]}")
 
+    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if self._file is not None:  # keep what was written readable
             self._file.close()

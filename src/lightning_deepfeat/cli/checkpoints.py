@@ -39,9 +39,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if unsupported:
             raise ValueError(
-                f"{str(path)!r} is a checkpoint holding a pickled object ({unsupported.group(1)}) that deepfeat does not "
-                "load: only tensors and plain data are read from checkpoints, so a file cannot run code. Save the "
-                "hyper-parameters as plain data (numbers, strings, lists, dicts)."
+                f"{str(path)!r} is a checkpoint holding a pickled object ({unsupported.group(1)}) that deepfeat "
+                "does not load: only tensors and plain data are read from checkpoints, so a file cannot run code. "
+                "Save the hyper-parameters as plain data (numbers, strings, lists, dicts)."
             ) from None
         raise ValueError(
             f"{str(path)!r} is not a checkpoint: torch could not read it (the file is corrupt, truncated or of "
@@ -100,7 +100,10 @@ def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, path: 
 
 
 def run_config_of(ckpt_path: str | Path) -> Path | None:
-    """The ``config.yaml`` of the run that wrote ``ckpt_path``: in its folder or the one above (``<run>/checkpoints/``)."""
+    """The ``config.yaml`` of the run that wrote ``ckpt_path``.
+
+    It is in the checkpoint's folder or the one above (``<run>/checkpoints/``).
+    """
     folder = Path(ckpt_path).expanduser().resolve().parent
     for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
         if candidate.is_file():
@@ -109,7 +112,9 @@ def run_config_of(ckpt_path: str | Path) -> Path | None:
 
 
 def config_from_hyperparameters(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """``{"model": ..., "data": ...}`` rebuilt from a checkpoint's hyper-parameters, or ``None`` if they do not name both.
+    """``{"model": ..., "data": ...}`` rebuilt from a checkpoint's hyper-parameters.
+
+    ``None`` if they do not name both.
 
     LightningCLI records ``_class_path`` in the hyper-parameters of the classes it built,
     for the model and for a data module that saves its hyper-parameters (ours do).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import sys
@@ -14,6 +15,7 @@ from jsonargparse import ActionConfigFile
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from typing_extensions import override
 
 from lightning_deepfeat.callbacks.prediction_writer import PredictionWriter
 from lightning_deepfeat.cli.checkpoints import check_weights_fit, read_checkpoint
@@ -107,14 +109,13 @@ class DeepFeatArgumentParser(LightningArgumentParser):
     applied to the dumped copy too.
     """
 
+    @override
     def dump(self, cfg: Any, *args: Any, **kwargs: Any) -> str:
         cfg = cfg.clone()
         for config in (cfg, _get(cfg, str(_get(cfg, "subcommand")))):
             if config is not None and _get(config, "model") is not None:
-                try:
+                with contextlib.suppress(Exception):  # an invalid config is reported by the parse itself, not here
                     link_data_to_model(config)
-                except Exception:  # an invalid config is reported by the parse itself, not here
-                    pass
                 if _get(config, "optimizer") is not None and _get(
                     _get(_get(config, "model"), "init_args"), "optimizer"
                 ):
@@ -123,7 +124,10 @@ class DeepFeatArgumentParser(LightningArgumentParser):
         return super().dump(cfg, *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """Parse errors as one short message (exit code 2); ``--debug`` or ``DEEPFEAT_DEBUG=1`` shows jsonargparse's own."""
+        """Parse errors as one short message (exit code 2).
+
+        ``--debug`` or ``DEEPFEAT_DEBUG=1`` shows jsonargparse's own.
+        """
         if not self.exit_on_error or debug_requested():
             super().error(message, ex)
         prog = self.prog.replace(" [options]", "")
@@ -167,6 +171,7 @@ class DeepFeatCLI(LightningCLI):
         )
         return parser
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--test_after_fit",
@@ -193,10 +198,15 @@ class DeepFeatCLI(LightningCLI):
             config["trainer.default_root_dir"] = str(Path("lightning_logs") / "fast_dev_run")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """The Trainer; ``predict`` gets a :class:`~lightning_deepfeat.callbacks.PredictionWriter` unless one is configured."""
+        """The Trainer.
+
+        ``predict`` gets a :class:`~lightning_deepfeat.callbacks.PredictionWriter` unless one is configured.
+        """
         trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
-            trainer.callbacks.append(PredictionWriter())
+        # a public attribute that Lightning's callback connector sets; the Trainer class does not declare it
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in callbacks):
+            callbacks.append(PredictionWriter())
         return trainer
 
     def after_instantiate_classes(self) -> None:
@@ -211,6 +221,7 @@ class DeepFeatCLI(LightningCLI):
             check_weights_fit(read_checkpoint(ckpt_path), self.model, ckpt_path)
 
     def after_fit(self) -> None:
+        """After ``fit`` (unless ``--test_after_fit false``): test the best checkpoint, print one summary line."""
         if not self.config.get(self.subcommand, {}).get("test_after_fit", True):
             return
         if self.trainer.interrupted or not is_overridden("test_step", self.model):
@@ -222,12 +233,12 @@ class DeepFeatCLI(LightningCLI):
         )
         if not has_test_data:
             return
-        checkpoint = next((cb for cb in self.trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        checkpoint = next((cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)), None)
         ckpt_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         if self.trainer.is_global_zero and results:
             metrics = {k: float(v) for k, v in results[0].items()}
-            shown = [k for k in ("test_error", "test_acc") if k in metrics] or sorted(metrics)
+            shown: list[str] = [k for k in ("test_error", "test_acc") if k in metrics] or sorted(metrics)
             values = " ".join(f"{k}={metrics[k]:.4f}" for k in shown)
             data_name = type(self.datamodule).__name__ if self.datamodule is not None else "its own data"
             print(

@@ -115,7 +115,8 @@ def condense_parse_error(message: str) -> str:
         or not re.search(r"Expected a <class '(int|float|bool|str)'>", message)
     ):
         name = bad_class.group(1).rstrip(":.,")
-        return f"{option}: {name!r} is not a class that fits here.{did_you_mean(name.rsplit('.', 1)[-1], known_class_names())}"
+        hint = did_you_mean(name.rsplit(".", 1)[-1], known_class_names())
+        return f"{option}: {name!r} is not a class that fits here.{hint}"
 
     expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
     # the innermost value that failed ("Got value"), else the whole value given to the outermost key

@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, str] = {
     "probe": "probe the recipe's open questions: `probe layerwise` trains one layer at a time",
     "visualize": "draw class models and saliency maps of a checkpoint",
     "ablate": "train the recipe, then one arm per ingredient taken out, at the same budget (ablation.csv/.md/.png)",
+    "prepare": "convert an image folder into litdata shards (resized, with mean/std) for StreamingImageDataModule",
     "recipes": "list the packaged recipes (use one with --config NAME)",
 }
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -98,8 +99,9 @@ def complete_from_checkpoint(command: str, argv: list[str], tmpdir: str) -> list
     rebuilt = config_from_hyperparameters(checkpoint)
     if rebuilt is None:
         raise ValueError(
-            f"`{PROG} {command}` needs the model and data of {ckpt!r}: no config.yaml beside it and its hyper-parameters "
-            "do not name both classes; pass --config <the config it was trained with> (or --model and --data)."
+            f"`{PROG} {command}` needs the model and data of {ckpt!r}: no config.yaml beside it and its "
+            "hyper-parameters do not name both classes; pass --config <the config it was trained with> (or --model "
+            "and --data)."
         )
     import yaml
 
@@ -136,6 +138,10 @@ def main(args: Sequence[str] | None = None, **kwargs: Any) -> Any:
             raise SystemExit(0)
         print(format_recipes())
         return None
+    if command == "prepare":
+        from lightning_deepfeat.data.prepare import prepare_main
+
+        return prepare_main(rest)
     _import_short_names()
     if command == "ablate":
         from lightning_deepfeat.probes.ablation import ablate_main

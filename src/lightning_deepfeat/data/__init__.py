@@ -10,9 +10,12 @@ under ``root`` and other places, or downloaded).
 
 Data sets: in memory, :class:`DigitsDataModule`, :class:`MNISTDataModule`,
 :class:`FashionMNISTDataModule`, :class:`CIFAR10DataModule`, :class:`CIFAR100DataModule`;
-from files, :class:`ImageFolderDataModule`. Batched augmentation: the
-:class:`BatchTransform` protocol (draw the parameters, then apply them) and
-:class:`RandomTranslate`, :class:`RandomCrop`, :class:`CenterCrop`, :class:`RandomHorizontalFlip`.
+from files, :class:`ImageFolderDataModule`; streamed from shards that ``deepfeat prepare``
+(:func:`prepare_image_folder`) wrote, :class:`StreamingImageDataModule` (litdata, an extra:
+``pip install lightning_deepfeat[streaming]``; imported only when used). Batched
+augmentation: the :class:`BatchTransform` protocol (draw the parameters, then apply them) and
+:class:`RandomTranslate`, :class:`RandomCrop`, :class:`CenterCrop`, :class:`RandomHorizontalFlip`,
+:class:`PCALighting`, :class:`TenCrop`.
 """
 
 from lightning_deepfeat.batches import IndexBatch
@@ -23,10 +26,13 @@ from lightning_deepfeat.data.download import Downloadable, FileDataModule
 from lightning_deepfeat.data.file_per_sample import FilePerSampleDataModule
 from lightning_deepfeat.data.folder import ImageFolderDataModule
 from lightning_deepfeat.data.functional import Windows, crop_batch, flip_batch, translate
+from lightning_deepfeat.data.imagenet_transforms import PCALighting, TenCrop
 from lightning_deepfeat.data.in_memory import ImageClassificationDataModule, InMemoryDataModule
 from lightning_deepfeat.data.loader import InMemoryBatchLoader
 from lightning_deepfeat.data.mnist import FashionMNISTDataModule, IDXDataModule, MNISTDataModule
+from lightning_deepfeat.data.prepare import prepare_image_folder
 from lightning_deepfeat.data.readers import read_cifar_batch, read_idx
+from lightning_deepfeat.data.streaming import StreamingImageDataModule
 from lightning_deepfeat.data.transforms import (
     BatchTransform,
     CenterCrop,
@@ -53,12 +59,16 @@ __all__ = [
     "InMemoryDataModule",
     "IndexBatch",
     "MNISTDataModule",
+    "PCALighting",
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomTranslate",
+    "StreamingImageDataModule",
+    "TenCrop",
     "Windows",
     "crop_batch",
     "flip_batch",
+    "prepare_image_folder",
     "read_cifar_batch",
     "read_idx",
     "translate",

@@ -179,13 +179,15 @@ def factory_spec(factory: Callable[..., Any]) -> str | dict[str, Any]:
     """Plain-data form of an optimizer or scheduler factory (see the module docstring)."""
     if isinstance(factory, UnrebuildableFactory):
         return {UNREBUILDABLE: factory.description}
-    target, keywords = factory, {}
+    target: Callable[..., Any] = factory
+    keywords: dict[str, Any] = {}
     if isinstance(factory, functools.partial):
         target, keywords = factory.func, dict(factory.keywords)
         if factory.args:
-            target = _jsonargparse_class(factory)
-            if target is None:
+            cls = _jsonargparse_class(factory)
+            if cls is None:
                 return {UNREBUILDABLE: f"{_describe(factory)} with positional arguments"}
+            target = cls
     path = import_path(target)
     if path is None:
         return {UNREBUILDABLE: _describe(factory)}
@@ -231,6 +233,7 @@ def build_factory(spec: Any, argument: str, owner: str) -> Callable[..., Any]:
     """
     if isinstance(spec, dict) and UNREBUILDABLE in spec:
         return UnrebuildableFactory(unrebuildable_message(spec, argument, owner), str(spec[UNREBUILDABLE]))
+    init_args: Any  # read from the checkpoint: checked to be a dict below
     if isinstance(spec, str):
         path, init_args = spec, {}
     elif isinstance(spec, dict) and isinstance(spec.get("class_path"), str):
@@ -239,7 +242,8 @@ def build_factory(spec: Any, argument: str, owner: str) -> Callable[..., Any]:
             raise ValueError(f"`{argument}` init_args must be a dict, got {init_args!r}.")
     else:
         raise ValueError(
-            f"`{argument}` must be a callable, an import path or a dict with 'class_path' and 'init_args', got {spec!r}."
+            f"`{argument}` must be a callable, an import path or a dict with 'class_path' and 'init_args', "
+            f"got {spec!r}."
         )
     target = resolve_import_path(path, argument)
     if not callable(target):

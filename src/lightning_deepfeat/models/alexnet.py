@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lightning_deepfeat.validation import check_bool, check_dropout, check_int, check_number
 
@@ -21,11 +22,13 @@ class OverlappingMaxPool(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] < self.kernel_size or x.shape[-2] < self.kernel_size:
             return x
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
+    @override
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
@@ -33,16 +36,16 @@ class OverlappingMaxPool(nn.Module):
 class AlexNet(nn.Module):
     r"""Five conv layers and two wide dense layers with dropout, as in Krizhevsky et al. (2012).
 
-    ======  ==========================================  ==========================
-    layer   Krizhevsky et al. 2012                      here (``width=1``)
-    ======  ==========================================  ==========================
+    ======  =========================================  ===========================
+    layer   Krizhevsky et al. 2012                     here (``width=1``)
+    ======  =========================================  ===========================
     conv1   96 × 11×11, stride 4, ReLU, LRN, pool      same (``stem_kernel``, ``stem_stride``)
     conv2   256 × 5×5, ReLU, LRN, pool                 same
     conv3   384 × 3×3, ReLU                            same
     conv4   384 × 3×3, ReLU                            same
     conv5   256 × 3×3, ReLU, pool                      same
     fc6/7   4096, ReLU, dropout 0.5                    ``hidden``, ``dropout``
-    ======  ==========================================  ==========================
+    ======  =========================================  ===========================
 
     Pooling is overlapping, 3×3 with stride 2. Local response normalisation uses the
     paper's constants k=2, n=5, α=1e-4, β=0.75:
@@ -121,5 +124,6 @@ class AlexNet(nn.Module):
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
         )  # fmt: skip
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(x))

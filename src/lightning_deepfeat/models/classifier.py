@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lightning_deepfeat.batches import IndexBatch
 from lightning_deepfeat.metrics import ClassificationError
@@ -29,7 +30,14 @@ from lightning_deepfeat.models._rebuild import (
     outermost_init_call,
 )
 from lightning_deepfeat.models.convnet import ConvNet
-from lightning_deepfeat.validation import check_callable, check_instance, check_int, check_number, check_shape
+from lightning_deepfeat.validation import (
+    check_bool,
+    check_callable,
+    check_instance,
+    check_int,
+    check_number,
+    check_shape,
+)
 from lightning_deepfeat.version import __version__
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
@@ -48,7 +56,10 @@ def _check_lr(lr: Any) -> float | None:
 
 
 def _declared(check: Callable[..., Any], name: str, value: Any, **kwargs: Any) -> Any:
-    """``check(name, value, **kwargs)``, or ``None`` where a data module declares no valid ``name`` (nothing to compare)."""
+    """``check(name, value, **kwargs)``, or ``None`` where a data module declares no valid ``name``.
+
+    ``None``: there is nothing to compare.
+    """
     try:
         return check(name, value, **kwargs)
     except ValueError:
@@ -121,6 +132,10 @@ class FeatureClassifier(LightningModule):
         lr: when set, the learning rate of every parameter group of the optimizer that
             ``optimizer`` builds, replacing the factory's own. Lightning's LR finder
             (``Tuner.lr_find``) reads and sets this attribute.
+        channels_last: store φ's 4-D weights and feed it its inputs in the ``channels_last``
+            (NHWC) memory format. The results are the same up to float rounding; convolutions
+            are faster on CPUs (oneDNN; measured 1.2-1.3× on the 2-core reference machine)
+            and on tensor-core GPUs.
     """
 
     check_finite_loss: bool = True
@@ -133,6 +148,7 @@ class FeatureClassifier(LightningModule):
         optimizer: OptimizerFactory = krizhevsky_sgd,
         lr_scheduler: SchedulerFactory | None = None,
         lr: float | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes, low=2, hint="logistic regression needs two classes")
@@ -148,13 +164,16 @@ class FeatureClassifier(LightningModule):
         self.features = features if features is not None else self.build_features()
         self.feature_dim = self._dry_run()
         self.head = self.build_head(self.feature_dim, num_classes)
+        self.channels_last = check_bool("channels_last", channels_last)
+        if self.channels_last:  # after the dry run, which materialises lazy layers
+            self.features.to(memory_format=torch.channels_last)
 
         self.save_hyperparameters()
 
         self.train_metrics = self._make_metrics("train", with_accuracy=False)
         self.val_metrics = self._make_metrics("val", with_accuracy=True)
         self.test_metrics = self._make_metrics("test", with_accuracy=True)
-        self._registered_metrics: set[str] = set()  # prefixes whose metrics were passed to self.log this epoch
+        self._registered_metrics: set[str | None] = set()  # prefixes whose metrics were passed to self.log this epoch
 
     # ----------------------------------------------------------------- hyperparameters
     def _factory(self, argument: str, value: Any) -> Callable[..., Any]:
@@ -197,9 +216,10 @@ class FeatureClassifier(LightningModule):
         listed = {a for a in args if isinstance(a, str)}
         before = {name: self.hparams[name] for name in _SPEC_ARGUMENTS if name in self.hparams}
         call = outermost_init_call(self, frame)
-        known = call is not None and call.arguments is not None
+        # what the outermost call received by name; None when unknown (no constructor call, or positional *args)
+        received = call.arguments if call is not None else None
         # arguments given to an inner __init__ by the subclass itself: passing them back would pass them twice
-        unforwarded = call.inner_names - call.arguments.keys() if known else set()
+        unforwarded = call.inner_names - received.keys() if call is not None and received is not None else set()
         super().save_hyperparameters(
             *args,
             ignore=sorted(ignored | {n for n in _SPEC_ARGUMENTS if n not in listed} | (unforwarded - listed)),
@@ -210,8 +230,8 @@ class FeatureClassifier(LightningModule):
         for name in _SPEC_ARGUMENTS:
             if name in ignored:
                 continue
-            if known:  # what the outermost call received, if it received it
-                present, value = name in call.arguments, call.arguments.get(name)
+            if received is not None:  # what the outermost call received, if it received it
+                present, value = name in received, received.get(name)
             elif name in self.hparams:  # listed explicitly: Lightning collected it
                 present, value = True, self.hparams[name]
             elif call is not None and name in local_args:  # positional *args outside: what this frame saw
@@ -267,6 +287,8 @@ class FeatureClassifier(LightningModule):
     # ----------------------------------------------------------------- model
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, num_classes)``."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.extract_features(x))
 
     def _dry_run(self) -> int:
@@ -313,7 +335,7 @@ class FeatureClassifier(LightningModule):
                 "not attached to a running Trainer (`dm.train_dataloader()` by hand) yields images."
             )
         x, y = batch
-        logits = self(x)
+        logits = self.view_averaged_logits(x) if x.dim() == len(self.input_shape) + 2 else self(x)
         loss = self.compute_loss(logits, y)
         for name, metric in metrics.items():
             if name.endswith("_loss"):
@@ -330,6 +352,7 @@ class FeatureClassifier(LightningModule):
             self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss, logits
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch, self.train_metrics, on_step=True)
         if self.check_finite_loss and not torch.isfinite(loss):
@@ -346,14 +369,30 @@ class FeatureClassifier(LightningModule):
         return {"loss": loss.detach(), "logits": logits.detach()}
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        """``{"loss", "logits"}`` of the batch (detached): what ``ConfusionMatrixPlot`` reads in ``on_test_batch_end``."""
+        """``{"loss", "logits"}`` of the batch (detached).
+
+        What ``ConfusionMatrixPlot`` reads in ``on_test_batch_end``.
+        """
         loss, logits = self._step(batch, self.test_metrics, on_step=False)
         return {"loss": loss.detach(), "logits": logits.detach()}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        """Class probabilities ``softmax(logits)``, shape ``(N, num_classes)``."""
+        """Class probabilities ``softmax(logits)``, shape ``(N, num_classes)`` (averaged over views, if any)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return torch.softmax(self(x), dim=1)
+        logits = self.view_averaged_logits(x) if x.dim() == len(self.input_shape) + 2 else self(x)
+        return torch.softmax(logits, dim=1)
+
+    def view_averaged_logits(self, views: torch.Tensor) -> torch.Tensor:
+        r"""Views of each input ``(N, V, *input_shape)`` ──► :math:`\log \frac1V \sum_v \mathrm{softmax}(f(x_v))`.
+
+        Krizhevsky et al.'s ten-patch test (``StreamingImageDataModule(test_crops="ten")``): the
+        softmax is averaged over the views, and its log returned as the logits, so that the loss
+        is the cross-entropy of the averaged prediction and the argmax its class. The evaluation
+        and predict steps call it for any batch with one dimension more than ``input_shape``.
+        """
+        n, v = views.shape[:2]
+        log_p = torch.log_softmax(self(views.flatten(0, 1)), dim=1).view(n, v, -1)
+        return torch.logsumexp(log_p, dim=1) - math.log(v)
 
     # ----------------------------------------------------------------- resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -425,7 +464,10 @@ class FeatureClassifier(LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        """Check the data module's ``num_classes`` and ``image_shape`` (when it declares them) against the model's, before any step."""
+        """Check the data module's ``num_classes`` and ``image_shape`` against the model's, before any step.
+
+        Each is checked when the data module declares it.
+        """
         trainer = self._attached_trainer()
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
@@ -443,15 +485,19 @@ class FeatureClassifier(LightningModule):
                 f"image_shape={shape}; pass input_shape={shape} to the model (the deepfeat CLI links it)."
             )
 
+    @override
     def on_train_epoch_start(self) -> None:
         self._registered_metrics.discard(self.train_metrics.prefix)
 
+    @override
     def on_validation_epoch_start(self) -> None:
         self._registered_metrics.discard(self.val_metrics.prefix)
 
+    @override
     def on_test_epoch_start(self) -> None:
         self._registered_metrics.discard(self.test_metrics.prefix)
 
+    @override
     def on_train_start(self) -> None:
         # after every restore (FSDP and DeepSpeed restore after on_fit_start) and after the sanity check, which
         # Lightning runs with its RNG isolated: the random state of the checkpoint being resumed, if any

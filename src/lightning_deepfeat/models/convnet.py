@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_deepfeat.models._common import Activation, make_activation
 from lightning_deepfeat.validation import check_choice, check_dropout, check_int, check_ints, fail
@@ -106,5 +107,6 @@ class ConvNet(nn.Module):
                 dense.append(nn.Dropout(dropout))
         self.fc = nn.Sequential(*dense)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(x))

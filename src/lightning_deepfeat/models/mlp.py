@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_deepfeat.models._common import Activation, make_activation
 from lightning_deepfeat.validation import check_dropout, check_int, check_ints
@@ -68,5 +69,6 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.out_features = hidden[-1]
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

@@ -1,4 +1,7 @@
-"""Probes for the open questions: layer-wise training, alternating minimisation, convex head refit, dropout schedules."""
+"""Probes for the open questions.
+
+Layer-wise training, alternating minimisation, convex head refit, dropout schedules.
+"""
 
 from lightning_deepfeat.probes._layers import parameter_layers, select_parameters
 from lightning_deepfeat.probes.ablation import ABLATION_ARMS, ablate, ablate_main, build_arm, format_ablation_table

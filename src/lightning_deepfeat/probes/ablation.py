@@ -204,7 +204,12 @@ def _features(config: dict[str, Any], arm: str) -> dict[str, Any]:
         from lightning_deepfeat.models import FeatureClassifier
 
         cls = _class_of(model["class_path"])
-        if cls is not None and cls.build_features is FeatureClassifier.build_features:  # its default: ConvNet()
+        is_default = (  # FeatureClassifier's default build_features: ConvNet()
+            cls is not None
+            and issubclass(cls, FeatureClassifier)
+            and cls.build_features is FeatureClassifier.build_features
+        )
+        if is_default:
             features = args["features"] = {"class_path": _CONVNET, "init_args": {}}
         else:
             raise ValueError(
@@ -220,10 +225,17 @@ def _features(config: dict[str, Any], arm: str) -> dict[str, Any]:
 
 
 def _data(config: dict[str, Any], arm: str) -> dict[str, Any]:
-    """The ``data`` entry, checked to be a data module that takes ``translate``, ``hflip`` and ``crop_size`` (ours do)."""
+    """The ``data`` entry, checked to be a data module that takes ``translate``, ``hflip`` and ``crop_size``.
+
+    The data modules of lightning_deepfeat do.
+    """
     data = config.get("data")
     cls = _class_of(data.get("class_path")) if isinstance(data, dict) else None
-    if cls is None or not all(_accepts(cls, name) for name in ("translate", "hflip", "crop_size")):
+    if (
+        not isinstance(data, dict)  # cls is None then too; this tells the type checker
+        or cls is None
+        or not all(_accepts(cls, name) for name in ("translate", "hflip", "crop_size"))
+    ):
         name = data.get("class_path") if isinstance(data, dict) else data
         raise ValueError(
             f"arm {arm!r} changes the augmentation, which needs a lightning_deepfeat image data module "
@@ -576,7 +588,10 @@ def format_ablation_table(rows: Sequence[dict[str, Any]], budget: str, left_out:
             "epoch, in %; Δ = arm − full (points)."
         ),
         "",
-        "| arm | what changes | test error (mean) | Δ | test error per seed | train error (mean) | epochs | minutes per run |",
+        (
+            "| arm | what changes | test error (mean) | Δ | test error per seed | train error (mean) | epochs "
+            "| minutes per run |"
+        ),
         "|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for arm, group in groups.items():
@@ -645,7 +660,8 @@ def load_config(config: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     loaded = yaml.safe_load(path.read_text())
     if not isinstance(loaded, dict):
         raise ValueError(
-            f"`--config` {os.fspath(config)!r} must hold a YAML mapping (a deepfeat fit config), got {type(loaded).__name__}."
+            f"`--config` {os.fspath(config)!r} must hold a YAML mapping (a deepfeat fit config), "
+            f"got {type(loaded).__name__}."
         )
     return path, loaded
 

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from typing_extensions import override
+
 from lightning_deepfeat.cli.analysis import AnalysisCLI, new_run_dir, positive_int, sanitised_configs
 
 PROBES = {"layerwise": "train one layer at a time from the same weights and compare the losses"}
@@ -24,6 +26,7 @@ class LayerwiseProbeCLI(AnalysisCLI):
 
     result: dict[str, Any]  # set by probe_main: the runs and the paths written
 
+    @override
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument(
@@ -37,6 +40,7 @@ class LayerwiseProbeCLI(AnalysisCLI):
         )
         parser.add_argument("--steps", type=int, default=100, help="Optimizer steps per layer.")
 
+    @override
     def before_instantiate_classes(self) -> None:
         super().before_instantiate_classes()
         positive_int("steps", self.config.get("steps"))

@@ -39,7 +39,7 @@ class RefitResult:
 def head_objective(
     A: torch.Tensor, b: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, l2: float
 ) -> torch.Tensor:
-    r"""L2-regularised multinomial logistic loss, convex in (A, b):
+    r"""L2-regularised multinomial logistic loss, convex in (A, b).
 
     .. math::
         F(A, b) = \frac1N\sum_{i=1}^N -\log\mathrm{softmax}_{y_i}(A φ_i + b) + \frac{λ}{2}\lVert A\rVert_F^2

@@ -99,9 +99,10 @@ class DropoutSchedule(Callback):
         """The dropout modules this schedule drives."""
         found: list[DropoutLayer] = []
         for name, sub in module.named_modules():
-            if isinstance(sub, DROPOUT_TYPES):
-                if self.modules is None or any(fnmatch.fnmatchcase(name, pat) for pat in self.modules):
-                    found.append(sub)
+            if isinstance(sub, DROPOUT_TYPES) and (
+                self.modules is None or any(fnmatch.fnmatchcase(name, pat) for pat in self.modules)
+            ):
+                found.append(sub)
         return found
 
     @override

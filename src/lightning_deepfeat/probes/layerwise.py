@@ -37,6 +37,7 @@ class LayerwiseRun:
 
     @property
     def relative_decrease(self) -> float:
+        """``decrease`` as a fraction of ``loss_before`` (NaN when that loss is zero)."""
         return self.decrease / self.loss_before if self.loss_before else float("nan")
 
 
@@ -175,8 +176,10 @@ def format_table(runs: Sequence[LayerwiseRun]) -> str:
 
 
 def write_layerwise_outputs(runs: Sequence[LayerwiseRun], out_dir: str, title: str = "") -> dict[str, str]:
-    """Write ``layerwise_losses.csv`` (step, run, loss), ``layerwise_summary.csv``,
-    ``layerwise_table.md`` and ``layerwise_losses.png`` (640×400) into ``out_dir``.
+    """Write the probe's files into ``out_dir``.
+
+    They are ``layerwise_losses.csv`` (step, run, loss), ``layerwise_summary.csv``,
+    ``layerwise_table.md`` and ``layerwise_losses.png`` (640×400).
     """
     import matplotlib
 

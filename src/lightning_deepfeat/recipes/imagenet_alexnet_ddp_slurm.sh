@@ -5,7 +5,9 @@
 # saves hpc_ckpt_<n>.ckpt in --trainer.default_root_dir and requeues the job on SIGUSR1 (sent
 # 120 s before the time limit); the requeued job resumes from it by itself (no --ckpt_path:
 # an explicit --ckpt_path takes precedence over the HPC checkpoint). RUN_DIR must be on
-# storage that every node sees.
+# storage that every node sees. The data need not be: DATA is what `deepfeat prepare` wrote,
+# on a local disk of every node or, with no shared filesystem, in an object store (s3://...),
+# from which each node streams its own share of the shards.
 #SBATCH --job-name=alexnet-ddp
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8
@@ -19,7 +21,7 @@
 set -euo pipefail
 
 RUN_DIR=${RUN_DIR:-/shared/runs/alexnet}   # shared storage, visible from every node
-DATA_ROOT=${DATA_ROOT:-/data/imagenet}     # <root>/train/<wnid>/*.JPEG, <root>/val/<wnid>/*.JPEG
+DATA=${DATA:-s3://my-bucket/imagenet-shards}  # deepfeat prepare /data/imagenet <DATA>, once (then upload)
 NODES=${SLURM_NNODES:-2}
 GPUS_PER_NODE=8
 BATCH_PER_GPU=128
@@ -28,7 +30,7 @@ LR=$(python -c "print(0.01 * $NODES * $GPUS_PER_NODE * $BATCH_PER_GPU / 128)")
 
 srun python -m lightning_deepfeat fit \
     --config configs/imagenet_alexnet.yaml \
-    --data.init_args.root "$DATA_ROOT" \
+    --data.init_args.input_dir "$DATA" \
     --data.init_args.batch_size "$BATCH_PER_GPU" \
     --trainer.num_nodes "$NODES" --trainer.devices "$GPUS_PER_NODE" --trainer.strategy ddp \
     --trainer.precision bf16-mixed \

@@ -24,7 +24,7 @@ def class_model_images(
     l2: float = 0.05,
     seed: int = 0,
 ) -> torch.Tensor:
-    r"""For each class c, find an input that maximises the class score, by gradient ascent:
+    r"""For each class c, find an input that maximises the class score, by gradient ascent.
 
     .. math::
         x_c^\star = \arg\max_x\; S_c(x) - λ\lVert x\rVert_2^2

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from lightning_deepfeat.cli.analysis import AnalysisCLI, new_run_dir, positive_int, sanitised_configs
 
 
@@ -23,6 +25,7 @@ class VisualizeCLI(AnalysisCLI):
 
     result: dict[str, Any]  # set by visualize_main: the paths written
 
+    @override
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint whose weights are visualised.")
@@ -39,6 +42,7 @@ class VisualizeCLI(AnalysisCLI):
         parser.add_argument("--ascent_steps", type=int, default=200, help="Gradient-ascent steps per class model.")
         parser.add_argument("--l2", type=float, default=0.05, help="λ of the class-model objective S_c(x) − λ‖x‖².")
 
+    @override
     def before_instantiate_classes(self) -> None:
         super().before_instantiate_classes()
         positive_int("ascent_steps", self.config.get("ascent_steps"))

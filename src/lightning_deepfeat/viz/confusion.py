@@ -104,7 +104,8 @@ class ConfusionMatrixPlot(Callback):
         dirpath: output directory (default: the trainer's log directory).
         filename: PNG name.
         normalize: colour by row-normalised rates (counts are printed in the cells).
-        figsize, dpi: fix the PNG size (500×500 by default).
+        figsize: figure size in inches (with ``dpi``, the PNG size: 500×500 by default).
+        dpi: dots per inch of the PNG.
     """
 
     def __init__(

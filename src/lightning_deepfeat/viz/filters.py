@@ -102,6 +102,7 @@ class FilterGallery(Callback):
         self.paths: list[str] = []
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> str:
+        """Save the first layer's filters as ``filters_epoch<epoch>.png`` (and to an image logger); return its path."""
         layer = first_layer(pl_module)
         grid = filter_grid(
             cast(torch.Tensor, layer.weight),
