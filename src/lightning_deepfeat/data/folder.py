@@ -28,6 +28,23 @@ def is_image_file(path: Path) -> bool:
     return any(head[offset : offset + len(magic)] == magic for magic, offset in _MAGIC)
 
 
+def resolve_classes(folder: Path, classes: list[str] | None) -> tuple[list[str], list[str]]:
+    """``(class_names, class folders found)`` of ``folder/<class>/``; the names are ``classes`` when given.
+
+    Raises ``ValueError`` naming ``folder`` when it has no class folders, or one whose name is
+    not among ``classes`` (a validation or test folder with a class that training lacks).
+    """
+    found = class_folders(folder)
+    if not found:
+        raise ValueError(f"{folder} has no class folders (expected {folder}/<class>/<image files>).")
+    if classes is None:
+        return found, found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f"{folder}: class folder(s) {unknown} are not among the training classes {classes}.")
+    return classes, found
+
+
 def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
     """``(class_names, [(file, label), ...])`` of ``folder/<class>/<image>``, sorted.
 
@@ -37,15 +54,7 @@ def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (expected {folder}/<class>/<image files>).")
-    found = _class_folders(folder)
-    if not found:
-        raise ValueError(f"{folder} has no class folders (expected {folder}/<class>/<image files>).")
-    if classes is None:
-        classes = found
-    else:
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise ValueError(f"{folder}: class folder(s) {unknown} do not exist in the training folder {classes}.")
+    classes, found = resolve_classes(folder, classes)
     index = {name: i for i, name in enumerate(classes)}
     samples: list[tuple[Path, int]] = []
     for name in found:
@@ -107,7 +116,7 @@ class ImageFolderDataModule(FilePerSampleDataModule):
         self.train_dir: str = check_str("train_dir", train_dir)
         self.val_dir: str | None = check_str("val_dir", val_dir, allow_none=True)
         self.test_dir: str | None = check_str("test_dir", test_dir, allow_none=True)
-        self.class_names: list[str] = _class_folders(self.root / self.train_dir)
+        self.class_names: list[str] = class_folders(self.root / self.train_dir)
         self.num_classes = len(self.class_names)
 
     @classmethod
@@ -121,7 +130,7 @@ class ImageFolderDataModule(FilePerSampleDataModule):
         if not train.is_dir():
             raise FileNotFoundError(f"image folder {train} does not exist (expected {train}/<class>/<image files>).")
         described = super().describe(**{"crop_size": 224, **init_args})
-        return {**described, "num_classes": len(_class_folders(train))}
+        return {**described, "num_classes": len(class_folders(train))}
 
     @override
     def sample_files(self, split: str) -> Samples | None:
@@ -137,7 +146,7 @@ class ImageFolderDataModule(FilePerSampleDataModule):
         return None if folder is None else scan_image_folder(self.root / folder, self.class_names)[1]
 
 
-def _class_folders(folder: Path) -> list[str]:
+def class_folders(folder: Path) -> list[str]:
     """The sorted names of the sub-folders of ``folder`` (none when it does not exist), hidden ones left out."""
     if not folder.is_dir():
         return []

@@ -59,6 +59,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lightning_deepfeat.data.folder import class_folders, resolve_classes
 from lightning_deepfeat.validation import check_bool, check_choice, check_int, check_number, check_path, fail
 
 #: name of the metadata file beside the shards (what ``StreamingImageDataModule`` reads)
@@ -190,21 +191,9 @@ class _GroupWriter:
 
 
 # ----------------------------------------------------------------------------- scanning
-def _class_folders(folder: Path) -> list[str]:
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
 def _scan_split(folder: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[str, int, int]]]:
     """``(class_names, [(path relative to folder's parent, label, bytes), ...])``; errors name the offender."""
-    found = _class_folders(folder)
-    if not found:
-        raise ValueError(f"{folder} has no class folders (expected {folder}/<class>/<image files>).")
-    if classes is None:
-        classes = found
-    else:
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise ValueError(f"{folder}: class folder(s) {unknown} are not among the training classes {classes}.")
+    classes, found = resolve_classes(folder, classes)
     index = {name: i for i, name in enumerate(classes)}
     files: list[tuple[str, int, int]] = []
     for name in found:
@@ -231,7 +220,7 @@ def scan_source(source: Path) -> tuple[str, list[str], dict[str, list[tuple[str,
             f"{source}/train/<class>/<images>)."
         )
     train = source / "train"
-    if train.is_dir() and _class_folders(train):
+    if train.is_dir() and class_folders(train):
         classes, files = _scan_split(train, None)
         splits = {"train": files}
         for split in SPLITS[1:]:
