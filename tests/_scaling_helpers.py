@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -122,6 +123,25 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
             f"deepfeat {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def sigkill_once(proc: subprocess.Popen, marker: Path, timeout: float, what: str) -> None:
+    """Wait until ``marker`` exists, then SIGKILL ``proc``; fail if it ends first or ``timeout`` s pass.
+
+    ``what`` says in the failure what the process never reached. The process is reaped either way.
+    """
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, f"the process ended before the kill:\n{proc.stdout.read().decode()[-4000:]}"
+            assert time.monotonic() < deadline, f"the process never reached {what}"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def parse_test_error(stdout: str) -> float:

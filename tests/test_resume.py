@@ -4,11 +4,9 @@ ends exactly where an uninterrupted run ends (weights, learning-rate schedule, m
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
-from _scaling_helpers import ROOT, parse_test_error, run_cli, subprocess_env
+from _scaling_helpers import ROOT, parse_test_error, run_cli, sigkill_once, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -105,18 +103,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, f"run ended before the kill:\n{proc.stdout.read().decode()[-4000:]}"
-            assert time.monotonic() < deadline, "run never reached the kill step"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    sigkill_once(proc, marker, timeout=240, what="the kill step")
     assert proc.returncode == -signal.SIGKILL
     last = tmp_path / "ckpt_run" / "last.ckpt"
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)  # our checkpoints need no pickle

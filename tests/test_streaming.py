@@ -7,11 +7,8 @@ import functools
 import hashlib
 import json
 import multiprocessing
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from _scaling_helpers import subprocess_env
+from _scaling_helpers import sigkill_once, subprocess_env
 from lightning_deepfeat import FeatureClassifier
 from lightning_deepfeat.cli.core import data_description
 from lightning_deepfeat.data import PCALighting, StreamingImageDataModule, TenCrop, prepare_image_folder
@@ -195,19 +192,8 @@ def test_prepare_killed_then_run_again_finishes_the_job(tmp_path, capsys):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    try:
-        marker = out / ".deepfeat_prepare" / "train" / "part00001.done"
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the preparation never finished its second part"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    marker = out / ".deepfeat_prepare" / "train" / "part00001.done"
+    sigkill_once(proc, marker, timeout=120, what="the end of the second part")
     assert not (out / "deepfeat.json").exists(), "the run ended before the kill: nothing to resume"
 
     resumed = prepare_image_folder(src, out, size=24, part_size=16, num_workers=1, image_format="raw")
