@@ -1,6 +1,6 @@
 """Run the benchmarks: one table per benchmark on stdout, everything in one JSON file.
 
-    python -m benchmarks [--quick] [--only overhead,maxnorm,translation,accuracy] [--json PATH] [--threads N]
+    python -m benchmarks [--quick] [--only overhead,maxnorm,translation,imagenet,accuracy] [--json PATH] [--threads N]
 
 ``--quick`` is the CI smoke run (under 3 minutes on 2 CPU cores): few steps per chunk,
 translation's quick mode, and time-to-accuracy on the embedded digits for 2 epochs
@@ -34,7 +34,7 @@ import torch
 
 from benchmarks._timing import header, machine, table
 
-ALL = ("overhead", "maxnorm", "translation", "accuracy")
+ALL = ("overhead", "maxnorm", "translation", "imagenet", "accuracy")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,6 +80,20 @@ def translation(quick: bool) -> dict[str, Any]:
         return {"skipped": note}
     rows = mod.run(quick)  # prints its own table
     return {"rows": rows}
+
+
+def imagenet(quick: bool) -> dict[str, Any]:
+    """Files -> augmented 224×224 batches: torchvision's ImageFolder vs ours (folder, JPEG and raw shards)."""
+    try:
+        import litdata  # noqa: F401
+    except ImportError:
+        note = 'litdata is not installed (pip install "lightning_deepfeat[streaming]"); ImageNet pipeline skipped.'
+        print(header("ImageNet input pipeline"))
+        print(note)
+        return {"skipped": note}
+    from benchmarks import imagenet_pipeline as mod
+
+    return mod.run(quick)  # prints its own table and the `jpeg shards vs torchvision` line
 
 
 def logistic_regression(quick: bool) -> dict[str, Any] | None:
@@ -192,7 +206,13 @@ def accuracy(quick: bool) -> dict[str, Any]:
     return out
 
 
-SECTIONS = {"overhead": overhead, "maxnorm": maxnorm, "translation": translation, "accuracy": accuracy}
+SECTIONS = {
+    "overhead": overhead,
+    "maxnorm": maxnorm,
+    "translation": translation,
+    "imagenet": imagenet,
+    "accuracy": accuracy,
+}
 
 
 # --------------------------------------------------------------------------- runner

@@ -14,10 +14,11 @@ HEADERS = (
     "## Overhead: Lightning",
     "## Max-norm cost",
     "## Translation throughput",
+    "## ImageNet input pipeline",
     "## Time to accuracy",
     "## Fashion-MNIST test accuracy",
 )
-SECTIONS = ("overhead", "maxnorm", "translation", "accuracy")
+SECTIONS = ("overhead", "maxnorm", "translation", "imagenet", "accuracy")
 
 
 @pytest.mark.slow
@@ -55,6 +56,12 @@ def test_quick_benchmarks_run_and_write_json(tmp_path: Path) -> None:
 
     translation = results["benchmarks"]["translation"]
     assert "rows" in translation or "skipped" in translation
+
+    imagenet = results["benchmarks"]["imagenet"]
+    methods = [r["method"] for r in imagenet["rows"]]
+    assert sum(m.startswith("(a) torchvision") for m in methods) == 2 and len(methods) >= 5
+    assert all(r["img_per_s"] > 0 for r in imagenet["rows"])
+    assert f"jpeg shards vs torchvision: {imagenet['jpeg_vs_torchvision']:.2f}×" in proc.stdout
 
     accuracy = results["benchmarks"]["accuracy"]
     methods = [r["method"] for r in accuracy["rows"]]
