@@ -144,6 +144,22 @@ def sigkill_once(proc: subprocess.Popen, marker: Path, timeout: float, what: str
             proc.wait()
 
 
+def cli_error(args: list[str]) -> str:
+    """Run ``deepfeat args`` in this process, expect the parser to exit with code 2, return its stderr."""
+    import contextlib
+    import io
+
+    import pytest
+
+    from lightning_deepfeat.cli import main
+
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(err):
+        main(args)
+    assert info.value.code == 2
+    return err.getvalue()
+
+
 def parse_test_error(stdout: str) -> float:
     """The ``test_error`` of the ``deepfeat: test_error=...`` summary line."""
     lines = [line for line in stdout.splitlines() if line.startswith("deepfeat: test_error=")]

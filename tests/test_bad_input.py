@@ -5,8 +5,6 @@ Cases span the CLI, YAML files, modules, callbacks, data modules, data files and
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from _scaling_helpers import cli_error
 from lightning_deepfeat import FeatureClassifier
 from lightning_deepfeat.callbacks import DivideLROnPlateau, MaxNormConstraint
 from lightning_deepfeat.cli import main
@@ -38,15 +37,6 @@ def _fit(quiet_trainer, data, model=None, callbacks=(), **trainer_kwargs):
         trainer.fit(model if model is not None else FeatureClassifier(), data)
     finally:
         assert trainer.global_step == 0
-
-
-def _cli_error(args: list[str]) -> str:
-    """Run the CLI, expect the parser to exit with code 2, return what it printed on stderr."""
-    err = io.StringIO()
-    with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(err):
-        main(args)
-    assert info.value.code == 2
-    return err.getvalue()
 
 
 # --------------------------------------------------------------------------- modules
@@ -274,12 +264,12 @@ def test_missing_checkpoint_file_names_it(tmp_path):
 
 # --------------------------------------------------------------------------- CLI and YAML
 def test_cli_unknown_key():
-    err = _cli_error(["fit", "--config", DIGITS, "--model.init_args.num_clases=3"])
+    err = cli_error(["fit", "--config", DIGITS, "--model.init_args.num_clases=3"])
     assert "unknown argument 'num_clases' of FeatureClassifier. Did you mean num_classes?" in err
 
 
 def test_cli_wrong_type():
-    err = _cli_error(["fit", "--config", DIGITS, "--data.init_args.batch_size=abc"])
+    err = cli_error(["fit", "--config", DIGITS, "--data.init_args.batch_size=abc"])
     assert "`--data.batch_size` must be an int, got 'abc'" in err
 
 
@@ -294,20 +284,20 @@ def test_cli_missing_config_file(tmp_path):
 
 
 def test_cli_unknown_class():
-    err = _cli_error(["fit", "--config", DIGITS, "--model.init_args.features=NoSuchNet"])
+    err = cli_error(["fit", "--config", DIGITS, "--model.init_args.features=NoSuchNet"])
     assert "NoSuchNet" in err
 
 
 def test_yaml_unknown_key_in_a_file(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("data:\n  class_path: DigitsDataModule\n  init_args:\n    batch_sise: 32\n")
-    assert "batch_sise" in _cli_error(["fit", "--config", str(config)])
+    assert "batch_sise" in cli_error(["fit", "--config", str(config)])
 
 
 def test_yaml_corrupt_file(tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text("trainer: {max_epochs: [1,\nmodel: :\n")
-    err = _cli_error(["fit", "--config", str(config)])
+    err = cli_error(["fit", "--config", str(config)])
     assert "Problem in parsing config" in err or "while parsing" in err
     assert "line 2, column 8" in err  # (jsonargparse names the position, not the file: the file is the one given)
 

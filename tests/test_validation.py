@@ -5,8 +5,6 @@ Also: a choice typed as ``Literal`` is refused by the CLI when it parses, listin
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Literal
 
 import pytest
 
+from _scaling_helpers import cli_error
 from lightning_deepfeat.validation import (
     check_bool,
     check_callable,
@@ -338,17 +337,6 @@ def test_check_each_names_the_element():
 
 
 # ---------------------------------------------------------------------------- Literal choices at parse time
-def _cli_error(args: list[str]) -> str:
-    """Run ``deepfeat`` with ``args``, expect exit code 2, return what it printed on stderr."""
-    from lightning_deepfeat.cli import main
-
-    err = io.StringIO()
-    with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(err):
-        main(args)
-    assert info.value.code == 2
-    return err.getvalue()
-
-
 @pytest.mark.parametrize(
     ("args", "option", "allowed", "bad"),
     [
@@ -375,7 +363,7 @@ def _cli_error(args: list[str]) -> str:
 )
 def test_cli_refuses_a_bad_choice_when_it_parses(tmp_path, monkeypatch, args, option, allowed, bad):
     monkeypatch.chdir(tmp_path)
-    text = _cli_error(["fit", "--config", "digits", *args])
+    text = cli_error(["fit", "--config", "digits", *args])
     error = text.splitlines()[0]  # one line (then a pointer to --help/--debug), not jsonargparse's tree of unions
     assert "--help" in text and len(text.splitlines()) <= 2, text
     assert option in error and "must be one of" in error and error.endswith(f", got {bad}."), text
@@ -419,6 +407,6 @@ def test_cli_refuses_a_bad_choice_in_a_yaml_config(tmp_path, monkeypatch):
         "trainer:\n  callbacks:\n    - class_path: lightning_deepfeat.callbacks.DivideLROnPlateau\n"
         "      init_args:\n        mode: mx\n"
     )
-    error = _cli_error(["fit", "--config", "digits", "--config", str(config)]).splitlines()[0]
+    error = cli_error(["fit", "--config", "digits", "--config", str(config)]).splitlines()[0]
     assert error.endswith("`--trainer.callbacks.mode` must be one of 'min', 'max', got 'mx'."), error
     assert not (tmp_path / "lightning_logs").exists()
