@@ -68,3 +68,38 @@ def test_quick_benchmarks_run_and_write_json(tmp_path: Path) -> None:
     assert sum("(published)" in m for m in methods) == 5
     tta = accuracy["time_to_accuracy"]
     assert 0.0 <= tta["final_test_acc"] <= 1.0 and tta["epochs"] >= 1
+
+
+def _history(lrs: list[float]) -> list[dict[str, float]]:
+    return [{"epoch": e, "seconds": 60.0 * (e + 1), "test_acc": 0.80 + 0.01 * e, "lr": lr} for e, lr in enumerate(lrs)]
+
+
+def test_time_to_accuracy_reports_the_epochs_the_rate_dropped_after_and_draws_them(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks.time_to_accuracy import lr_drops
+    finally:
+        sys.path.remove(str(REPO))
+    # each row holds the rate at the end of its epoch, after the plateau decision
+    history = _history([0.02, 0.02, 0.002, 0.002, 0.002, 0.0002, 0.0002])
+    drops = lr_drops(history)
+    assert [d["after_epoch"] for d in drops] == [1, 4]
+    assert [d["minutes"] for d in drops] == [2.0, 5.0]
+    assert [d["lr"] for d in drops] == [0.002, 0.0002]
+    assert lr_drops(_history([0.02, 0.02, 0.02])) == []
+
+    runs = []
+    for seed, lrs in ((0, [0.02, 0.002, 0.002]), (1, [0.02, 0.02, 0.002])):
+        path = tmp_path / f"seed{seed}.json"
+        path.write_text(json.dumps({"seed": seed, "history": _history(lrs)}))
+        runs.append(str(path))
+    png = tmp_path / "curve.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.time_to_accuracy", "--plot", str(png), *runs],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -305,13 +305,25 @@ def test_the_data_module_draws_lighting_from_its_augmentation_stream_in_float(pr
     dm.load_state_dict({"augment_seed": 4, "augmented_batches": 0})
     torch.testing.assert_close(dm.augment(images), first, rtol=0, atol=0)  # the stream, replayed
     assert not torch.equal(dm.augment(images), first)  # the next batch draws anew
-    # finishing a training batch fuses the lighting into the normalisation: the same draws, the same numbers
-    for kwargs in ({}, {"translate": 2}, {"hflip": False}):
-        dm = StreamingImageDataModule(prepared["raw"], crop_size=CROP, batch_size=8, seed=4, **kwargs)
+    # finishing a training batch fuses the lighting into the normalisation: the same draws, the same numbers,
+    # for raw shards (NCHW batches) and JPEG shards (decoded interleaved: channels_last batches)
+    jpeg = StreamingImageDataModule(prepared["jpeg"], crop_size=CROP, batch_size=8)
+    jpeg_images = next(iter(jpeg.loader("train", train=True, device_side=True)))[0]
+    assert jpeg_images.is_contiguous(memory_format=torch.channels_last) and not jpeg_images.is_contiguous()
+    assert images.is_contiguous()
+    for batch in (images, jpeg_images):
+        for kwargs in ({}, {"translate": 2}, {"hflip": False}):
+            dm = StreamingImageDataModule(prepared["raw"], crop_size=CROP, batch_size=8, seed=4, **kwargs)
+            dm.load_state_dict({"augment_seed": 4, "augmented_batches": 0})
+            finished = dm.finish_batch(batch, train=True)
+            assert finished.shape == (8, 3, CROP, CROP) and finished.dtype == torch.float32
+            dm.load_state_dict({"augment_seed": 4, "augmented_batches": 0})
+            torch.testing.assert_close(finished, dm.normalize(dm.augment(batch)), rtol=1e-5, atol=1e-5)
+        # the layout of the batch does not change a value: the same pixels in NCHW give the same batch
         dm.load_state_dict({"augment_seed": 4, "augmented_batches": 0})
-        finished = dm.finish_batch(images, train=True)
+        finished = dm.finish_batch(batch, train=True)
         dm.load_state_dict({"augment_seed": 4, "augmented_batches": 0})
-        torch.testing.assert_close(finished, dm.normalize(dm.augment(images)), rtol=1e-5, atol=1e-5)
+        assert torch.equal(dm.finish_batch(batch.contiguous(), train=True), finished)
     off = StreamingImageDataModule(prepared["raw"], crop_size=CROP, lighting=0.0)
     assert not any(isinstance(t, PCALighting) for t in off.train_transforms)
 

@@ -1,6 +1,7 @@
 """Regenerate the numbers and figures of docs/experiments.md (CPU, a few minutes).
 
     python docs/figures/run_experiments.py [--fashion]   # --fashion adds the Fashion-MNIST probes
+    python docs/figures/run_experiments.py --fashion-dropout   # only the dropout schedules on Fashion-MNIST
 
 The committed figures come from this script on a shared 2-core CPU.
 """
@@ -116,7 +117,68 @@ def fashion(max_steps=600):
         print(name, results["alt_fashion"][name], flush=True)
 
 
+def fashion_dropout(epochs=30, train_images=6000):
+    """Dropout schedules where dropout has something to do: 6,000 Fashion-MNIST training images, 30 epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from lightning.pytorch import Callback
+
+    from lightning_deepfeat.data import FashionMNISTDataModule
+
+    class Curves(Callback):
+        def __init__(self):
+            self.rows = []
+
+        def on_train_epoch_end(self, tr, pl):
+            m = tr.callback_metrics
+            p = float(m["dropout_p"]) if "dropout_p" in m else 0.0
+            self.rows.append((float(m["train_error"]), float(m["val_error"]), p))
+
+    root = "/usr/share/datasets/fashion-mnist"
+    # val_fraction leaves `train_images` to train on; 40 batches (5,120 images) of the rest validate
+    val_fraction = 1 - train_images / 60000
+    arms = (
+        ("p = 0", 0.0, None),
+        ("p = 0.5", 0.5, None),
+        ("p linear 0.5 → 0", 0.5, DropoutSchedule("linear", 0.5, 0.0)),
+        ("p linear 0 → 0.5", 0.5, DropoutSchedule("linear", 0.0, 0.5)),
+    )
+    out = {}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    for name, p, schedule in arms:
+        seed_everything(0)
+        dm = FashionMNISTDataModule(root=root, batch_size=128, val_fraction=val_fraction, translate=0, hflip=False)
+        model = FeatureClassifier(ConvNet(channels=[32, 64], hidden=[256], dropout=p), num_classes=10, input_shape=(1, 28, 28), optimizer=sgd)
+        curves = Curves()
+        t = time.time()
+        _, test = fit_eval(model, dm, [curves] + ([schedule] if schedule else []), max_epochs=epochs, limit_val_batches=40)
+        train, val, _ = zip(*curves.rows)
+        out[name] = {"train_error_last": train[-1], "val_error_last": val[-1], "gap_last": val[-1] - train[-1],
+                     "best_val_error": min(val), "test_error": test["test_error"], "seconds": time.time() - t}
+        print(name, out[name], flush=True)
+        epochs_axis = range(1, len(train) + 1)
+        (line,) = axes[0].plot(epochs_axis, [100 * (v - tr) for tr, v in zip(train, val)], label=name)
+        axes[1].plot(epochs_axis, [100 * v for v in val], color=line.get_color(), label=f"{name}: val")
+        axes[1].plot(epochs_axis, [100 * tr for tr in train], color=line.get_color(), ls=":", lw=0.9)
+    axes[0].set(xlabel="epoch", ylabel="val error − train error (points)", title="generalisation gap")
+    axes[1].set(xlabel="epoch", ylabel="error (%)", title="val (solid) and running train error (dotted)", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Dropout schedules, Fashion-MNIST, {train_images:,} training images, ConvNet [32, 64], dense 256")
+    fig.tight_layout()
+    fig.savefig(f"{FIG}/fashion/dropout_schedules.png")
+    results["dropout_fashion"] = out
+
+
 if __name__ == "__main__":
+    if "--fashion-dropout" in sys.argv:
+        fashion_dropout()
+        json.dump(results, open("/tmp/deepfeat_exp/results_dropout_fashion.json", "w"), indent=1, default=str)
+        print(json.dumps(results, indent=1, default=str))
+        sys.exit(0)
     digits()
     json.dump(results, open("/tmp/deepfeat_exp/results_digits.json", "w"), indent=1, default=str)
     if "--fashion" in sys.argv:

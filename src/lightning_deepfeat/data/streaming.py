@@ -138,9 +138,14 @@ def decode_jpeg_batch(data: Sequence[torch.Tensor], size: int, device: torch.dev
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    images = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
+    images = [square(image, size) for image in decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)]
     # default_collate stacks straight into shared memory in a loader worker (no second copy for the transfer)
-    return default_collate([square(image, size) for image in images])
+    if images and images[0].permute(1, 2, 0).is_contiguous():
+        # libjpeg-turbo writes pixels interleaved (H, W, C): stacking them as they are is a plain copy
+        # (half the cost of a transposing one), and the batch is channels_last, which the finishing
+        # step and the convolutions read as fast
+        return default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    return default_collate(images)
 
 
 class StreamingCollate:
@@ -195,6 +200,44 @@ class FinishedBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume the litdata loader where :meth:`state_dict` left it."""
         self.loader.load_state_dict(state)
+
+
+class Cuts:
+    """Drawn crop corners and flip flags of a batch (:meth:`StreamingImageDataModule.draw_cuts`)."""
+
+    def __init__(self, size: tuple[int, int], tops: list[int], lefts: list[int], flags: list[bool]) -> None:
+        self.size, self.tops, self.lefts, self.flags = size, tops, lefts, flags
+
+    def apply(self, images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """Cut each uint8 image into a new float32 batch and normalise it there: ``x * scale + shift``.
+
+        Image by image, so each value is written once and normalised while it is in cache: on a
+        CPU that is most of the cost of a 224×224 batch (a fresh batch-size allocation is paid
+        in page faults, and each whole-batch pass in memory traffic). The arithmetic is the
+        whole-batch ``mul_`` then ``add_``, so the result is the same, bit for bit.
+        """
+        n, c = images.shape[:2]
+        h, w = self.size
+        layout = memory_format_of(images)
+        out = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=layout)
+        per_image = shift.shape[0] > 1
+        if layout == torch.channels_last:
+            # (h, w·c) rows: the per-channel factors tiled along a row, so every pass is contiguous
+            scale_row = scale.reshape(c).repeat(w)
+            shift_rows = shift.reshape(-1, c).repeat(1, w)
+            for i in range(n):
+                window = images[i, :, self.tops[i] : self.tops[i] + h, self.lefts[i] : self.lefts[i] + w]
+                target = out[i].permute(1, 2, 0)  # (h, w, c), contiguous
+                target.copy_(window.permute(1, 2, 0).flip(1) if self.flags[i] else window.permute(1, 2, 0))
+                target.view(h, w * c).mul_(scale_row).add_(shift_rows[i if per_image else 0])
+            return out
+        scale = scale[0]
+        for i in range(n):
+            window = images[i, :, self.tops[i] : self.tops[i] + h, self.lefts[i] : self.lefts[i] + w]
+            image = out[i]
+            image.copy_(window.flip(-1) if self.flags[i] else window)
+            image.mul_(scale).add_(shift[i] if per_image else shift[0])
+        return out
 
 
 def _crop_then_flip(transforms: Sequence[BatchTransform]) -> bool:
@@ -396,7 +439,7 @@ class StreamingImageDataModule(ImageDataModule):
         batch is written instead of three (the conversion, the lighting, the normalisation),
         which on a CPU is most of the cost of finishing a 224×224 batch (each fresh batch-size
         allocation is paid in page faults). On the CPU the recipe's crop and flip are cut
-        straight into that float32 batch too (:meth:`cut_into_float`). The random draws are
+        straight into that float32 batch too, image by image (:meth:`draw_cuts`). The random draws are
         :meth:`augment`'s, in the same order, so the result equals ``normalize(augment(x))``
         up to float rounding. A subclass that overrides :meth:`augment`, or appends a
         transform after the lighting, gets the plain ``augment`` then ``normalize``.
@@ -406,25 +449,24 @@ class StreamingImageDataModule(ImageDataModule):
             return super().finish_batch(images, train)
         generator = self.augment_generator(images.device)
         geometric = self.train_transforms[:-1]
-        fresh = images.device.type == "cpu" and _crop_then_flip(geometric)
-        if fresh:
-            images = self.cut_into_float(images, geometric, generator)
-        else:
-            for transform in geometric:
-                images = transform(images, generator)
+        if images.device.type == "cpu" and _crop_then_flip(geometric):
+            cuts = self.draw_cuts(images, geometric, generator)
+            params = lighting.draw_params((images.shape[0], images.shape[1], *cuts.size), generator, images.device)
+            offsets = lighting.offsets(params, images.device) if params else None
+            scale, shift = self.normalization(offsets, images.device)
+            return self._to_model_dtype(cuts.apply(images, scale, shift))
+        for transform in geometric:
+            images = transform(images, generator)
         params = lighting.draw_params(images.shape, generator, images.device)
         offsets = lighting.offsets(params, images.device) if params else None
-        return self._to_model_dtype(self.normalize_shifted(images, offsets, inplace=fresh))
+        return self._to_model_dtype(self.normalize_shifted(images, offsets))
 
     @staticmethod
-    def cut_into_float(
-        images: torch.Tensor, transforms: Sequence[BatchTransform], generator: torch.Generator
-    ) -> torch.Tensor:
-        """A ``RandomCrop`` and/or ``RandomHorizontalFlip`` (in that order) cut straight into a new float32 batch.
+    def draw_cuts(images: torch.Tensor, transforms: Sequence[BatchTransform], generator: torch.Generator) -> Cuts:
+        """Draw a ``RandomCrop``'s corners and a ``RandomHorizontalFlip``'s flags (in that order) for ``images``.
 
-        The same draws as the transforms' own ``forward`` on ``generator``; each output value
-        is written once, image by image (CPU: no intermediate uint8 batches, whose fresh
-        allocations cost page faults).
+        The same draws, from ``generator``, as the transforms' own ``forward``; :meth:`Cuts.apply`
+        then cuts them into a new float32 batch.
         """
         n, c, height, width = images.shape
         crop = next((t for t in transforms if isinstance(t, RandomCrop)), None)
@@ -437,26 +479,25 @@ class StreamingImageDataModule(ImageDataModule):
         if flip is not None:
             flipped = flip.draw_params((n, c, h, w), generator, images.device)
             flags = flipped["flip"].tolist() if flipped else flags
-        out = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=memory_format_of(images))
-        for i in range(n):
-            window = images[i, :, tops[i] : tops[i] + h, lefts[i] : lefts[i] + w]
-            out[i].copy_(window.flip(-1) if flags[i] else window)
-        return out
+        return Cuts((h, w), tops, lefts, flags)
 
-    def normalize_shifted(
-        self, images: torch.Tensor, offsets: torch.Tensor | None, inplace: bool = False
-    ) -> torch.Tensor:
-        r""":math:`(x + \delta_{n,c} - \mu_c) / \sigma_c` in float32, in one pass (``offsets``: ``(N, C)`` or None).
+    def normalization(self, offsets: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(scale, shift)`` with :math:`(x + \delta_{n,c} - \mu_c) / \sigma_c = x \cdot s_c + t_{n,c}`.
 
-        ``inplace``: a float32 ``images`` is overwritten instead of copied.
+        ``scale`` is ``(1, C, 1, 1)``; ``shift`` is ``(N, C, 1, 1)`` with per-image ``offsets``
+        ``(N, C)``, else ``(1, C, 1, 1)``.
         """
         if self.mean is None or self.std is None:
             raise RuntimeError(f"{type(self).__name__}: mean/std unknown; call setup() first.")
-        mean = self.mean.to(images.device).view(1, -1, 1, 1)
-        inv_std = self.std.to(images.device).reciprocal().view(1, -1, 1, 1)
-        shift = -mean * inv_std if offsets is None else (offsets[:, :, None, None] - mean) * inv_std
-        out = images if inplace and images.dtype == torch.float32 else images.to(torch.float32, copy=True)
-        return out.mul_(inv_std).add_(shift)
+        mean = self.mean.to(device).view(1, -1, 1, 1)
+        scale = self.std.to(device).reciprocal().view(1, -1, 1, 1)
+        shift = -mean * scale if offsets is None else (offsets[:, :, None, None] - mean) * scale
+        return scale, shift
+
+    def normalize_shifted(self, images: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+        r""":math:`(x + \delta_{n,c} - \mu_c) / \sigma_c` into a new float32 batch (``offsets``: ``(N, C)`` or None)."""
+        scale, shift = self.normalization(offsets, images.device)
+        return images.to(torch.float32, copy=True).mul_(scale).add_(shift)
 
     def ten_crop_batch(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` ──► the ten normalised patches of each image, ``(B, 10, C, h, w)``."""
