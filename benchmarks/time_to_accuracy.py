@@ -166,13 +166,15 @@ def plot(summaries: list[dict[str, Any]], path: str, labels: list[str] | None = 
         (line,) = ax.plot(
             [r["seconds"] / 60 for r in history], [100 * r["test_acc"] for r in history], "o-", ms=2.5, label=label
         )
-        for j, drop in enumerate(lr_drops(history)):
+        drops = lr_drops(history)
+        epochs = ", ".join(str(d["after_epoch"]) for d in drops)
+        for j, drop in enumerate(drops):
             ax.axvline(
                 drop["minutes"],
                 color=line.get_color(),
                 ls="--",
                 lw=0.9,
-                label=f"{label}: LR ÷10 after epoch" if j == 0 else None,
+                label=f"{label}: LR ÷10 after epoch {epochs}" if j == 0 else None,
             )
     for target in (90, 92, 93, 94):
         ax.axhline(target, color="0.6", lw=0.6, ls=":")
