@@ -3,7 +3,6 @@
     python -m benchmarks.time_to_accuracy --config configs/fashion_mnist.yaml [--device cpu|cuda] [-- extra CLI args]
     python -m benchmarks.time_to_accuracy --plot curve.png seed0.json seed1.json
 
-
 The recipe runs through the ``deepfeat`` CLI exactly as a user runs it. A callback
 evaluates the *test* split after every training epoch with the clock stopped, so the
 minutes reported are training (and validation) time only. Prints one line per epoch

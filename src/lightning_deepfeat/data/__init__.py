@@ -32,7 +32,7 @@ from lightning_deepfeat.data.loader import InMemoryBatchLoader
 from lightning_deepfeat.data.mnist import FashionMNISTDataModule, IDXDataModule, MNISTDataModule
 from lightning_deepfeat.data.prepare import prepare_image_folder
 from lightning_deepfeat.data.readers import read_cifar_batch, read_idx
-from lightning_deepfeat.data.streaming import StreamingImageDataModule
+from lightning_deepfeat.data.streaming import Cuts, StreamingImageDataModule
 from lightning_deepfeat.data.transforms import (
     BatchTransform,
     CenterCrop,
@@ -46,6 +46,7 @@ __all__ = [
     "CIFAR100DataModule",
     "CIFAR10DataModule",
     "CenterCrop",
+    "Cuts",
     "DigitsDataModule",
     "Downloadable",
     "FashionMNISTDataModule",
