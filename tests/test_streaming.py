@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from _scaling_helpers import sigkill_once, subprocess_env
 from lightning_deepfeat import FeatureClassifier
 from lightning_deepfeat.cli.core import data_description
-from lightning_deepfeat.data import PCALighting, StreamingImageDataModule, TenCrop, prepare_image_folder
+from lightning_deepfeat.data import PCALighting, StreamingImageDataModule, TenCrop, memory, prepare_image_folder
 from lightning_deepfeat.data.imagenet_transforms import rgb_pca
 from lightning_deepfeat.data.prepare import load_image, prepare_main, resize_image
 from lightning_deepfeat.data.streaming import EncodedJpegBatch, StreamingCollate
@@ -328,6 +328,30 @@ def test_the_data_module_draws_lighting_from_its_augmentation_stream_in_float(pr
     assert not any(isinstance(t, PCALighting) for t in off.train_transforms)
 
 
+def test_finished_batches_kept_in_a_list_equal_batches_copied_one_by_one(prepared, monkeypatch):
+    """The CPU finishing step writes into recycled memory (BatchMemory): a batch the user keeps is never reused."""
+    monkeypatch.setattr(memory, "HUGE_PAGE_MIN_BYTES", 0)  # let the pool take these small batches too
+
+    def train_batches(keep: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        dm = StreamingImageDataModule(prepared["jpeg"], crop_size=CROP, batch_size=8, seed=3, shuffle_seed=5)
+        dm.setup("fit")
+        if keep:
+            return list(dm.train_dataloader())  # the user's pattern: every batch alive at once
+        addresses, copies = [], []
+        for images, labels in dm.train_dataloader():
+            addresses.append(images.data_ptr())
+            copies.append((images.clone(), labels))
+        if sys.platform.startswith("linux"):
+            assert len(set(addresses)) == 2  # the batch in the loop variable, and the one being written
+        return copies
+
+    kept, copied = train_batches(keep=True), train_batches(keep=False)
+    assert len(kept) == len(copied) == 15
+    assert len({images.data_ptr() for images, _ in kept}) == 15
+    for (images, labels), (expected, expected_labels) in zip(kept, copied, strict=True):
+        assert torch.equal(labels, expected_labels) and torch.equal(images, expected)
+
+
 # ----------------------------------------------------------------------------- ten-patch test
 def test_ten_crop_matches_torchvision_per_image():
     images = torch.randint(0, 256, (5, 3, 40, 36), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
@@ -435,7 +459,11 @@ def _fit(input_dir: Path, root: Path, ckpt_path: str | None = None) -> tuple[_Re
 
 
 @pytest.mark.slow
-def test_fit_two_epochs_loss_goes_down_and_a_mid_epoch_resume_continues_with_the_next_unseen_batch(prepared, tmp_path):
+def test_fit_two_epochs_loss_goes_down_and_a_mid_epoch_resume_continues_with_the_next_unseen_batch(
+    prepared, tmp_path, monkeypatch
+):
+    # the training batches are finished into recycled memory (BatchMemory), as 224×224 batches are
+    monkeypatch.setattr(memory, "HUGE_PAGE_MIN_BYTES", 0)
     ref, ref_model = _fit(prepared["jpeg"], tmp_path / "ref")
     assert len(ref.batches) == 30  # 120 training images, batches of 8, 2 epochs
     assert ref.losses[1] < ref.losses[0] < 1.2, ref.losses  # ln 3 = 1.10 at chance
@@ -451,6 +479,13 @@ def test_fit_two_epochs_loss_goes_down_and_a_mid_epoch_resume_continues_with_the
     for step in range(20, 30):  # the next unseen batches, augmented as in the uninterrupted run
         assert resumed.batches[step] == ref.batches[step], step
     for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+    # recycling the batches' memory changes nothing: the same run with a new tensor per batch
+    monkeypatch.setattr(memory, "HUGE_PAGE_MIN_BYTES", 2**62)
+    fresh, fresh_model = _fit(prepared["jpeg"], tmp_path / "fresh")
+    assert fresh.batches == ref.batches
+    for (name, a), b in zip(ref_model.state_dict().items(), fresh_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -15,7 +15,8 @@ from files, :class:`ImageFolderDataModule`; streamed from shards that ``deepfeat
 ``pip install lightning_deepfeat[streaming]``; imported only when used). Batched
 augmentation: the :class:`BatchTransform` protocol (draw the parameters, then apply them) and
 :class:`RandomTranslate`, :class:`RandomCrop`, :class:`CenterCrop`, :class:`RandomHorizontalFlip`,
-:class:`PCALighting`, :class:`TenCrop`.
+:class:`PCALighting`, :class:`TenCrop`. :class:`BatchMemory`: recycled host memory for the
+batches a data module writes itself.
 """
 
 from lightning_deepfeat.batches import IndexBatch
@@ -29,6 +30,7 @@ from lightning_deepfeat.data.functional import Windows, crop_batch, flip_batch, 
 from lightning_deepfeat.data.imagenet_transforms import PCALighting, TenCrop
 from lightning_deepfeat.data.in_memory import ImageClassificationDataModule, InMemoryDataModule
 from lightning_deepfeat.data.loader import InMemoryBatchLoader
+from lightning_deepfeat.data.memory import BatchMemory
 from lightning_deepfeat.data.mnist import FashionMNISTDataModule, IDXDataModule, MNISTDataModule
 from lightning_deepfeat.data.prepare import prepare_image_folder
 from lightning_deepfeat.data.readers import read_cifar_batch, read_idx
@@ -42,6 +44,7 @@ from lightning_deepfeat.data.transforms import (
 )
 
 __all__ = [
+    "BatchMemory",
     "BatchTransform",
     "CIFAR100DataModule",
     "CIFAR10DataModule",

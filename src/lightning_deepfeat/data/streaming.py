@@ -35,6 +35,7 @@ from typing_extensions import override
 from lightning_deepfeat.data.base import ImageDataModule
 from lightning_deepfeat.data.functional import memory_format_of
 from lightning_deepfeat.data.imagenet_transforms import PCALighting, TenCrop
+from lightning_deepfeat.data.memory import BatchMemory
 from lightning_deepfeat.data.prepare import METADATA_FILE, METADATA_FORMAT, require_litdata
 from lightning_deepfeat.data.transforms import BatchTransform, RandomCrop, RandomHorizontalFlip
 from lightning_deepfeat.validation import check_bool, check_choice, check_number, check_pair, fail
@@ -208,18 +209,28 @@ class Cuts:
     def __init__(self, size: tuple[int, int], tops: list[int], lefts: list[int], flags: list[bool]) -> None:
         self.size, self.tops, self.lefts, self.flags = size, tops, lefts, flags
 
-    def apply(self, images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """Cut each uint8 image into a new float32 batch and normalise it there: ``x * scale + shift``.
+    def apply(
+        self, images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cut each uint8 image into a float32 batch and normalise it there: ``x * scale + shift``.
 
         Image by image, so each value is written once and normalised while it is in cache: on a
-        CPU that is most of the cost of a 224×224 batch (a fresh batch-size allocation is paid
-        in page faults, and each whole-batch pass in memory traffic). The arithmetic is the
-        whole-batch ``mul_`` then ``add_``, so the result is the same, bit for bit.
+        CPU that is most of the cost of a 224×224 batch (each whole-batch pass costs memory
+        traffic). The arithmetic is the whole-batch ``mul_`` then ``add_``, so the result is the
+        same, bit for bit. ``out``: where to write, float32 ``(N, C, h, w)`` in the memory format
+        of ``images`` (the data module passes recycled memory, :class:`~.memory.BatchMemory`);
+        by default a new tensor.
         """
         n, c = images.shape[:2]
         h, w = self.size
         layout = memory_format_of(images)
-        out = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=layout)
+        if out is None:
+            out = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=layout)
+        elif out.shape != (n, c, h, w) or out.dtype != torch.float32 or not out.is_contiguous(memory_format=layout):
+            raise ValueError(
+                f"Cuts.apply: out is {out.dtype} {tuple(out.shape)}; expected float32 {(n, c, h, w)}, "
+                f"contiguous in {layout}."
+            )
         per_image = shift.shape[0] > 1
         if layout == torch.channels_last:
             # (h, w·c) rows: the per-channel factors tiled along a row, so every pass is contiguous
@@ -334,6 +345,8 @@ class StreamingImageDataModule(ImageDataModule):
         self.set_stored_shape(tuple(self.metadata["image_shape"]))
         if self.test_crops == "ten" and self.crop_size is None:
             raise ValueError("`test_crops`='ten' needs a `crop_size` (the size of the ten patches), got None.")
+        #: where the CPU finishing step writes training batches: recycled once a batch is released
+        self.batch_memory = BatchMemory()
 
     @classmethod
     @override
@@ -454,7 +467,10 @@ class StreamingImageDataModule(ImageDataModule):
             params = lighting.draw_params((images.shape[0], images.shape[1], *cuts.size), generator, images.device)
             offsets = lighting.offsets(params, images.device) if params else None
             scale, shift = self.normalization(offsets, images.device)
-            return self._to_model_dtype(cuts.apply(images, scale, shift))
+            out = self.batch_memory.empty(
+                (images.shape[0], images.shape[1], *cuts.size), memory_format=memory_format_of(images)
+            )
+            return self._to_model_dtype(cuts.apply(images, scale, shift, out=out))
         for transform in geometric:
             images = transform(images, generator)
         params = lighting.draw_params(images.shape, generator, images.device)
