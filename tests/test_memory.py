@@ -92,3 +92,19 @@ def test_small_batches_are_plain_tensors(monkeypatch):
     monkeypatch.setattr(memory, "HUGE_PAGE_MIN_BYTES", 0)
     pool.empty((2, 3, 8, 8))
     assert len(pool) == (1 if LINUX else 0)
+
+
+def test_cuts_write_into_a_given_batch_or_name_what_is_wrong_with_it():
+    from lightning_deepfeat.data import Cuts
+
+    images = torch.randint(0, 256, (2, 3, 10, 10), dtype=torch.uint8)
+    cuts = Cuts((8, 8), tops=[0, 2], lefts=[1, 0], flags=[True, False])
+    scale, shift = torch.full((1, 3, 1, 1), 0.5), torch.zeros(1, 3, 1, 1)
+    out = BatchMemory().empty((2, 3, 8, 8))
+    written = cuts.apply(images, scale, shift, out=out)
+    assert written is out
+    assert torch.equal(out[0], images[0, :, 0:8, 1:9].flip(-1).float() * 0.5)
+    assert torch.equal(out[1], images[1, :, 2:10, 0:8].float() * 0.5)
+    for wrong in (torch.empty(2, 3, 9, 8), torch.empty(2, 3, 8, 8, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"Cuts.apply: out is .*expected float32 \(2, 3, 8, 8\)"):
+            cuts.apply(images, scale, shift, out=wrong)
