@@ -2,9 +2,9 @@ r"""Host memory for the batches a data module writes itself: recycled, and on hu
 
 A 64-image 224×224 float32 batch is 38 MiB. glibc maps an allocation that large anew every
 time (its ``mmap`` threshold stops at 32 MiB), so the first write of each new batch takes
-one page fault per 4 KiB page, about 9,400 per batch, each page zeroed by the kernel: on
-the 2-core machine of ``benchmarks/imagenet_pipeline.py`` that was 0.17-0.3 ms per image,
-as much as cutting and normalising the image itself. :class:`BatchMemory` removes it:
+one page fault per 4 KiB page, about 9,400 per batch, each page zeroed by the kernel; on a
+CPU that is a large part of finishing the batch (``benchmarks/imagenet_pipeline.py``,
+docs/benchmarks.md §3b). :class:`BatchMemory` removes it:
 
 * **recycled**: a batch is written into memory that held an earlier batch once nothing
   refers to that batch any more (no tensor, view or storage of it): the pages are already
@@ -73,23 +73,6 @@ def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
-def empty_batch(
-    shape: tuple[int, int, int, int],
-    dtype: torch.dtype = torch.float32,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> torch.Tensor:
-    """A new uninitialised CPU tensor ``(N, C, H, W)``, on huge pages when it is large and the OS offers them.
-
-    Its memory lives as long as the tensor and its views. Elsewhere than on Linux, or below
-    :data:`HUGE_PAGE_MIN_BYTES`, it is ``torch.empty``.
-    """
-    _check_layout(shape, memory_format)
-    nbytes = _nbytes(shape, dtype)
-    if not _LINUX or nbytes < HUGE_PAGE_MIN_BYTES:
-        return torch.empty(shape, dtype=dtype, memory_format=memory_format)
-    return _tensor_on(_new_mapping(nbytes), shape, dtype, memory_format)
-
-
 class BatchMemory:
     r"""Uninitialised CPU batches written into recycled memory: the memory of a batch nothing refers to any more.
 
@@ -114,7 +97,7 @@ class BatchMemory:
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ValueError(f"BatchMemory: keep={keep!r} must be an integer >= 1.")
         self.keep = keep
-        self._mappings: list[tuple[mmap.mmap, weakref.ref[memoryview] | None]] = []
+        self._mappings: list[tuple[mmap.mmap, weakref.ref[memoryview]]] = []
 
     def empty(
         self,
@@ -127,24 +110,24 @@ class BatchMemory:
         nbytes = _nbytes(shape, dtype)
         if not _LINUX or nbytes < HUGE_PAGE_MIN_BYTES:
             return torch.empty(shape, dtype=dtype, memory_format=memory_format)
-        index = next(
+        # the most recently used free mapping: its pages are the likeliest to be in cache
+        free = next(
             (
                 i
-                for i, (m, token) in enumerate(self._mappings)
-                if len(m) == nbytes and (token is None or token() is None)
+                for i in reversed(range(len(self._mappings)))
+                if len(self._mappings[i][0]) == nbytes and self._mappings[i][1]() is None
             ),
             None,
         )
-        if index is None:
-            self._mappings.append((_new_mapping(nbytes), None))
-            index = len(self._mappings) - 1
-            if len(self._mappings) > self.keep:
-                # the oldest goes; if a batch still uses it, its token keeps the mapping alive until then
+        if free is not None:
+            mapping = self._mappings.pop(free)[0]
+        else:
+            mapping = _new_mapping(nbytes)
+            if len(self._mappings) >= self.keep:
+                # the least recently used goes; if a batch still uses it, its token keeps it alive until then
                 self._mappings.pop(0)
-                index -= 1
-        mapping = self._mappings[index][0]
         token = memoryview(mapping)
-        self._mappings[index] = (mapping, weakref.ref(token))
+        self._mappings.append((mapping, weakref.ref(token)))  # the list stays in order of use
         return _tensor_on(token, shape, dtype, memory_format)
 
     def __len__(self) -> int:
@@ -162,4 +145,4 @@ class BatchMemory:
         return f"BatchMemory(keep={self.keep})"
 
 
-__all__ = ["HUGE_PAGE_MIN_BYTES", "BatchMemory", "empty_batch"]
+__all__ = ["HUGE_PAGE_MIN_BYTES", "BatchMemory"]
