@@ -687,3 +687,76 @@ def test_the_0_1_0_names_still_work(tmp_path):
         assert images.shape == (4, 1, 4, 4) and images.dtype == torch.float32 and float(dm.mean) == 3.0
     with pytest.raises(FileNotFoundError, match=r"OldFiles: no folder holds all of data\.pt"):
         OldFiles(root=tmp_path / "elsewhere").setup("fit")
+
+
+# ----------------------------------------------------------------------------- test-time views
+class _RecordingClassifier:
+    """Builds a FeatureClassifier subclass, as a user would, that records what its steps are given."""
+
+    @staticmethod
+    def make():
+        from lightning_deepfeat.models import ConvNet, FeatureClassifier
+
+        class Recording(FeatureClassifier):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.shapes: dict[str, set[tuple[int, ...]]] = {"val": set(), "test": set()}
+
+            def validation_step(self, batch, batch_idx):
+                self.shapes["val"].add(tuple(batch[0].shape[1:]))
+                return super().validation_step(batch, batch_idx)
+
+            def test_step(self, batch, batch_idx):
+                self.shapes["test"].add(tuple(batch[0].shape[1:]))
+                return super().test_step(batch, batch_idx)
+
+        torch.manual_seed(0)
+        return Recording(
+            features=ConvNet(in_channels=1, channels=[4], hidden=[16], dropout=0.5),
+            num_classes=10,
+            input_shape=(1, 8, 8),
+        )
+
+
+@pytest.mark.parametrize(("views", "count"), [("flip", 2), ("ten", 10)])
+def test_test_views_average_the_softmax_over_each_test_image_views(quiet_trainer, views, count):
+    """``test_views``: test and predict see (B, V, C, H, W), validation single images; the metrics are those
+    of the averaged softmax, which a plain loop over the test loader reproduces."""
+    model = _RecordingClassifier.make()
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=50, test_views=views)
+    trainer = quiet_trainer(max_epochs=2)
+    trainer.fit(model, datamodule=dm)
+    result = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert model.shapes == {"val": {(1, 8, 8)}, "test": {(count, 1, 8, 8)}}
+    predicted = torch.cat(trainer.predict(model, datamodule=dm))
+
+    dm.setup("test")
+    batches = list(dm.test_dataloader())  # the loader on its own finishes the same views
+    views_, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    assert views_.shape == (len(labels), count, 1, 8, 8)
+    single = DigitsDataModule(eval_batch_size=50)
+    single.setup("test")
+    plain = torch.cat([x for x, _ in single.test_dataloader()])
+    torch.testing.assert_close(views_[:, 0], plain)
+    torch.testing.assert_close(views_[:, count // 2], plain.flip(-1))
+    model.eval()
+    with torch.no_grad():
+        averaged = torch.softmax(model(views_.flatten(0, 1)), dim=1).view(len(labels), count, -1).mean(1)
+        alone = torch.softmax(model(plain), dim=1)
+    torch.testing.assert_close(predicted, averaged)
+    assert result["test_acc"] == pytest.approx(float((averaged.argmax(1) == labels).float().mean()))
+    nll = -averaged[torch.arange(len(labels)), labels].log().mean()
+    assert result["test_loss"] == pytest.approx(float(nll), rel=1e-5)
+    assert not torch.allclose(averaged, alone)
+
+
+def test_test_views_from_the_command_line_and_bad_values():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(FashionMNISTDataModule, "data")
+    assert parser.parse_args(["--data.test_views", "ten"]).data.test_views == "ten"
+    with pytest.raises(ArgumentError, match=r"(?s)data\.test_views.*'single', 'flip', 'ten'"):
+        parser.parse_args(["--data.test_views", "five"])
+    with pytest.raises(ValueError, match=r"`test_views` must be one of 'single', 'flip', 'ten', got 'five'"):
+        DigitsDataModule(test_views="five")

@@ -13,6 +13,7 @@ from lightning_deepfeat.data import (
     RandomCrop,
     RandomHorizontalFlip,
     RandomTranslate,
+    ShiftFlipViews,
     crop_batch,
     flip_batch,
     translate,
@@ -235,6 +236,9 @@ def test_seeded_generators_reproduce_and_differ():
         (lambda: RandomTranslate(2, p=1.5), "`p`"),
         (lambda: RandomCrop(0), "`size`"),
         (lambda: RandomHorizontalFlip(-0.1), "`p`"),
+        (lambda: ShiftFlipViews("five"), "`views` must be one of 'flip', 'ten', got 'five'"),
+        (lambda: ShiftFlipViews("ten", shift=0), "`shift`"),
+        (lambda: ShiftFlipViews("ten", padding_mode="wrap"), "'wrap'"),
     ],
 )
 def test_bad_arguments_name_the_argument(make, needle):
@@ -285,3 +289,34 @@ def test_a_transform_needs_apply_params_or_windows():
 
     with pytest.raises(NotImplementedError, match="Nothing must implement apply_params"):
         Nothing()(_batch((2, 1, 4, 4)))
+
+
+# ----------------------------------------------------------------------------- test-time views
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shift_flip_views_move_every_pixel_by_one_and_mirror(channels_last):
+    images = torch.randint(1, 256, (3, 2, 5, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    views = ShiftFlipViews("ten")(images)
+    assert views.shape == (3, 10, 2, 5, 6) and views.dtype == torch.uint8
+    x = images
+    assert torch.equal(views[:, 0], x)
+    # up: row i shows row i + 1, the last row moved in from outside (zeros)
+    assert torch.equal(views[:, 1, :, :-1], x[:, :, 1:]) and not views[:, 1, :, -1].any()
+    assert torch.equal(views[:, 2, :, 1:], x[:, :, :-1]) and not views[:, 2, :, 0].any()  # down
+    assert torch.equal(views[:, 3, :, :, :-1], x[:, :, :, 1:]) and not views[:, 3, :, :, -1].any()  # left
+    assert torch.equal(views[:, 4, :, :, 1:], x[:, :, :, :-1]) and not views[:, 4, :, :, 0].any()  # right
+    for v in range(5):
+        assert torch.equal(views[:, 5 + v], views[:, v].flip(-1))
+    flips = ShiftFlipViews("flip")(images)
+    assert flips.shape == (3, 2, 2, 5, 6)
+    assert torch.equal(flips[:, 0], x) and torch.equal(flips[:, 1], x.flip(-1))
+    assert ShiftFlipViews("flip").views == 2 and ShiftFlipViews().views == 10
+
+
+def test_shift_flip_views_fill_by_padding_mode_and_shift():
+    images = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    views = ShiftFlipViews("ten", shift=2, padding_mode="replicate")(images)
+    # moved 2 px right, the two columns moved in repeat the first column
+    expected = torch.cat([images[..., :1], images[..., :1], images[..., :2]], dim=-1)
+    assert torch.equal(views[:, 4], expected)

@@ -15,8 +15,8 @@ from files, :class:`ImageFolderDataModule`; streamed from shards that ``deepfeat
 ``pip install lightning_deepfeat[streaming]``; imported only when used). Batched
 augmentation: the :class:`BatchTransform` protocol (draw the parameters, then apply them) and
 :class:`RandomTranslate`, :class:`RandomCrop`, :class:`CenterCrop`, :class:`RandomHorizontalFlip`,
-:class:`PCALighting`, :class:`TenCrop`. :class:`BatchMemory`: recycled host memory for the
-batches a data module writes itself.
+:class:`PCALighting`, :class:`TenCrop`, :class:`ShiftFlipViews` (test-time views).
+:class:`BatchMemory`: recycled host memory for the batches a data module writes itself.
 """
 
 from lightning_deepfeat.batches import IndexBatch
@@ -41,6 +41,7 @@ from lightning_deepfeat.data.transforms import (
     RandomCrop,
     RandomHorizontalFlip,
     RandomTranslate,
+    ShiftFlipViews,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomTranslate",
+    "ShiftFlipViews",
     "StreamingImageDataModule",
     "TenCrop",
     "Windows",

@@ -10,7 +10,7 @@ is a window transform (see :class:`~lightning_deepfeat.data.BatchTransform`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from typing_extensions import override
@@ -19,8 +19,11 @@ from lightning_deepfeat.batches import IndexBatch
 from lightning_deepfeat.data.base import ImageDataModule, check_labels
 from lightning_deepfeat.data.functional import PaddingMode, check_padding, crop_batch, pad_into
 from lightning_deepfeat.data.loader import InMemoryBatchLoader
-from lightning_deepfeat.data.transforms import BatchTransform
-from lightning_deepfeat.validation import check_bool
+from lightning_deepfeat.data.transforms import BatchTransform, ShiftFlipViews
+from lightning_deepfeat.validation import check_bool, check_choice
+
+#: what ``InMemoryDataModule(test_views=...)`` shows the model of each test image
+TestViews = Literal["single", "flip", "ten"]
 
 
 class InMemoryDataModule(ImageDataModule):
@@ -60,15 +63,27 @@ class InMemoryDataModule(ImageDataModule):
             training split held there (its uint8 size, plus the translation padding).
             ``False``: the loader gathers the images on the CPU and they are augmented
             after the transfer (less accelerator memory, more copies and transfer).
+        test_views: how the model sees each *test* image (``trainer.test`` and
+            ``trainer.predict``, and the test loader used on its own): ``"single"`` as
+            stored (after the centre crop); ``"flip"`` or ``"ten"``: a batch
+            ``(B, V, C, H, W)`` of :class:`~lightning_deepfeat.data.ShiftFlipViews` (the image
+            and its mirror image; or those and the image moved one pixel up, down, left and
+            right, filled by ``padding_mode``), over which ``FeatureClassifier`` averages its
+            softmax. Validation batches stay single, so the validation metrics (and the
+            callbacks watching them) cost one forward pass per image.
         **kwargs: the arguments of :class:`ImageDataModule`.
     """
 
     #: the on-device gather applies ``train_transforms`` itself (fused); ``False``: gather, then :meth:`augment`
     fuse_train_transforms: bool = True
 
-    def __init__(self, gather_on_device: bool = True, **kwargs: Any) -> None:
+    def __init__(self, gather_on_device: bool = True, test_views: TestViews = "single", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gather_on_device: bool = check_bool("gather_on_device", gather_on_device)
+        self.test_views: TestViews = check_choice("test_views", test_views, TestViews)
+        self.test_view_transform = (
+            None if self.test_views == "single" else ShiftFlipViews(self.test_views, padding_mode=self.padding_mode)
+        )
         self.set_stored_shape(type(self).image_shape)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # the training split on each device it is gathered on: (source images, (padding, mode), split tensor)
@@ -122,6 +137,11 @@ class InMemoryDataModule(ImageDataModule):
         if not device_side:  # finished batches, for a loader used on its own
             if train:
                 fetch = self._finished_train_batch
+            elif split == "test" and self.test_view_transform is not None:
+
+                def fetch(indices: torch.Tensor) -> torch.Tensor:
+                    return self.finish_test_views(images.index_select(0, indices))
+
             else:
 
                 def fetch(indices: torch.Tensor) -> torch.Tensor:
@@ -139,6 +159,13 @@ class InMemoryDataModule(ImageDataModule):
             yield_indices=train and device_side and self.gather_on_device,
             fetch=fetch,
         )
+
+    def finish_test_views(self, images: torch.Tensor) -> torch.Tensor:
+        """A uint8 test batch ``(B, C, H, W)`` as its ``test_views``, normalised: ``(B, V, C, h, w)``."""
+        if self.test_view_transform is None:
+            return self.finish_batch(images, train=False).unsqueeze(1)
+        views = self.test_view_transform(self.eval_transform(images))
+        return self._to_model_dtype(self.normalize(views.flatten(0, 1)).view(views.shape))
 
     def _finished_train_batch(self, indices: torch.Tensor) -> torch.Tensor:
         return self._to_model_dtype(self.normalize(self.gather_augmented(indices)))
@@ -228,6 +255,16 @@ class InMemoryDataModule(ImageDataModule):
             else:
                 images = self.gather_augmented(batch.indices)
             return self._to_model_dtype(self.normalize(images)), batch.labels
+        trainer = self.trainer
+        if (
+            self.test_view_transform is not None
+            and trainer is not None
+            and (trainer.testing or trainer.predicting)
+            and isinstance(batch, (tuple, list))
+            and isinstance(batch[0], torch.Tensor)
+            and not batch[0].is_floating_point()
+        ):
+            return self.finish_test_views(batch[0]), batch[1]
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
 

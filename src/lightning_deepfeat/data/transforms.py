@@ -29,6 +29,7 @@ fast path; the others run on the gathered batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Generator, nn
@@ -48,7 +49,7 @@ from lightning_deepfeat.data.functional import (
     shift_batch,
     translate,
 )
-from lightning_deepfeat.validation import check_choice, check_pair, check_probability
+from lightning_deepfeat.validation import check_choice, check_int, check_pair, check_probability
 
 #: the parameters a transform draws for one batch, by name (``{}`` for a deterministic transform)
 Params = dict[str, torch.Tensor]
@@ -301,6 +302,62 @@ class RandomHorizontalFlip(BatchTransform):
         return f"p={self.p}"
 
 
+#: the test-time views :class:`ShiftFlipViews` makes of each image
+ViewSet = Literal["flip", "ten"]
+
+
+class ShiftFlipViews(BatchTransform):
+    r"""Test-time views of small images: the image, its one-pixel shifts and their mirror images.
+
+    ``forward(images)`` maps ``(N, C, H, W)`` to ``(N, V, C, H, W)``:
+
+    * ``"flip"`` (:math:`V = 2`): the image and its horizontal reflection;
+    * ``"ten"`` (:math:`V = 10`): view 0 is the image, views 1-4 the image moved by
+      ``shift`` pixels up, down, left and right
+      (:math:`Y_{n,c,i,j} = \tilde X_{n,\,c,\,i - dy,\,j - dx}`, pixels moved in from
+      outside filled by ``padding_mode``, as :class:`RandomTranslate` fills them), views 5-9
+      the reflections of views 0-4.
+
+    The counterpart, for images too small to cut patches from, of Krizhevsky et al.'s
+    ten-patch test (:class:`~lightning_deepfeat.data.TenCrop`: four corners, the centre and
+    their reflections): a model that averages its softmax over the views
+    (``FeatureClassifier.view_averaged_logits``) is tested on the translations and
+    reflections it was trained on. Deterministic: it draws nothing.
+
+    Args:
+        views: ``"flip"`` or ``"ten"``.
+        shift: pixels of the four shifts in ``"ten"`` (≥ 1).
+        padding_mode: ``"zeros"``, ``"reflect"`` or ``"replicate"``.
+    """
+
+    def __init__(self, views: ViewSet = "ten", shift: int = 1, padding_mode: PaddingMode = "zeros") -> None:
+        super().__init__()
+        self.view_set: ViewSet = check_choice("views", views, ViewSet)
+        self.shift: int = check_int("shift", shift, low=1)
+        self.padding_mode: PaddingMode = check_choice("padding_mode", padding_mode, PaddingMode)
+
+    @property
+    def views(self) -> int:
+        """Views per image."""
+        return 10 if self.view_set == "ten" else 2
+
+    @override
+    def apply_params(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        check_batch(images)
+        originals = [images]
+        if self.view_set == "ten":
+            n, s = images.shape[0], self.shift
+            for dy, dx in ((-s, 0), (s, 0), (0, -s), (0, s)):  # up, down, left, right
+                shifts_x = torch.full((n,), dx, dtype=torch.long, device=images.device)
+                shifts_y = torch.full((n,), dy, dtype=torch.long, device=images.device)
+                originals.append(translate(images, shifts_x, shifts_y, s, self.padding_mode))
+        return torch.stack(originals + [x.flip(-1) for x in originals], dim=1)
+
+    @override
+    def extra_repr(self) -> str:
+        return f"views={self.view_set!r}, shift={self.shift}, padding_mode={self.padding_mode!r}"
+
+
 __all__ = [
     "PADDING_MODES",
     "BatchTransform",
@@ -310,6 +367,8 @@ __all__ = [
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomTranslate",
+    "ShiftFlipViews",
+    "ViewSet",
     "Windows",
     "crop_batch",
     "cut_windows",

@@ -385,7 +385,8 @@ class FeatureClassifier(LightningModule):
     def view_averaged_logits(self, views: torch.Tensor) -> torch.Tensor:
         r"""Views of each input ``(N, V, *input_shape)`` ──► :math:`\log \frac1V \sum_v \mathrm{softmax}(f(x_v))`.
 
-        Krizhevsky et al.'s ten-patch test (``StreamingImageDataModule(test_crops="ten")``): the
+        Krizhevsky et al.'s ten-patch test (``StreamingImageDataModule(test_crops="ten")``, and
+        for small images held in memory ``test_views="flip"`` or ``"ten"``): the
         softmax is averaged over the views, and its log returned as the logits, so that the loss
         is the cross-entropy of the averaged prediction and the argmax its class. The evaluation
         and predict steps call it for any batch with one dimension more than ``input_shape``.
