@@ -58,6 +58,7 @@ def _ingredients(cli: DeepFeatCLI) -> dict[str, bool]:
         "plateau": any(isinstance(c, DivideLROnPlateau) for c in callbacks),
         "translate": tuple(dm.translate) != (0, 0) or dm.crop_size is not None,
         "hflip": dm.hflip,
+        "test_views": dm.test_views != "single",
         "relu": has(nn.ReLU),
         "tanh": has(nn.Tanh),
         "maxpool": has(nn.MaxPool2d),
@@ -90,9 +91,9 @@ EXPECTED = {
     "no_dropout": {"dropout": False},
     "no_maxnorm": {"maxnorm": False},
     "no_dropout_maxnorm": {"dropout": False, "maxnorm": False},
-    "no_translate": {"translate": False},
-    "no_flip": {"hflip": False},
-    "no_augment": {"translate": False, "hflip": False},
+    "no_translate": {"translate": False, "test_views": False},
+    "no_flip": {"hflip": False, "test_views": False},
+    "no_augment": {"translate": False, "hflip": False, "test_views": False},
     "constant_lr": {"plateau": False},
     "tanh": {"relu": False, "tanh": True},
     "no_maxpool": {"maxpool": False, "avgpool": True},
@@ -120,7 +121,10 @@ def test_every_arm_is_tested():
 def test_arm_changes_its_ingredient_and_nothing_else(arm, recipe, tmp_path):
     base = _digits_with_flips() if recipe == "digits" else load_config(recipe)[1]
     cli = _instantiate(build_arm(base, arm), tmp_path)
-    assert _ingredients(cli) == {**FULL, **EXPECTED[arm]}
+    # Fashion-MNIST's recipe tests on ten views (shifts and flips); an augmentation arm tests on single images
+    tested_on_views = recipe == "fashion_mnist"
+    assert _instantiate(base, tmp_path).datamodule.test_views == ("ten" if tested_on_views else "single")
+    assert _ingredients(cli) == {**FULL, "test_views": tested_on_views, **EXPECTED[arm]}
     # the same budget: epochs, batch size, data and optimizer untouched
     full = _instantiate(base, tmp_path)
     assert cli.trainer.max_epochs == full.trainer.max_epochs

@@ -52,9 +52,9 @@ ABLATION_ARMS: dict[str, str] = {
     "no_dropout": "every dropout rate of the feature net set to 0",
     "no_maxnorm": "MaxNormConstraint callbacks removed",
     "no_dropout_maxnorm": "neither dropout nor max-norm",
-    "no_translate": "no random translations (translate 0, no random crops)",
-    "no_flip": "no horizontal flips",
-    "no_augment": "no translations, crops or flips",
+    "no_translate": "no random translations (translate 0, no random crops); tested on single images",
+    "no_flip": "no horizontal flips; tested on single images",
+    "no_augment": "no translations, crops or flips; tested on single images",
     "constant_lr": "DivideLROnPlateau (and any LR scheduler) removed: the optimizer's initial LR throughout",
     "tanh": "tanh instead of ReLU in the feature net",
     "no_maxpool": "average pooling instead of max-pooling (ConvNet pooling='avg')",
@@ -271,19 +271,30 @@ def _drop_maxnorm(config: dict[str, Any], arm: str) -> bool:
     return bool(_remove_callbacks(config, _MAX_NORM))
 
 
+def _single_test_views(data: dict[str, Any]) -> bool:
+    """Test on single images: shifted and mirrored test views are the augmentation again, at test time."""
+    cls = _class_of(data.get("class_path"))
+    if cls is None or not _accepts(cls, "test_views") or _value(data, "test_views") in (None, "single"):
+        return False
+    _init_args(data)["test_views"] = "single"
+    return True
+
+
 def _no_translate(config: dict[str, Any], arm: str) -> bool:
     data = _data(config, arm)
     translate, crop = _value(data, "translate"), _value(data, "crop_size")
     shifts = [translate] if isinstance(translate, int) else list(translate or ())
     _init_args(data).update({"translate": 0, "crop_size": None})
-    return any(s != 0 for s in shifts) or crop is not None
+    views = _single_test_views(data)
+    return any(s != 0 for s in shifts) or crop is not None or views
 
 
 def _no_flip(config: dict[str, Any], arm: str) -> bool:
     data = _data(config, arm)
     changed = bool(_value(data, "hflip"))
     _init_args(data)["hflip"] = False
-    return changed
+    views = _single_test_views(data)
+    return changed or views
 
 
 def _constant_lr(config: dict[str, Any], arm: str) -> bool:
