@@ -346,11 +346,13 @@ class ShiftFlipViews(BatchTransform):
         check_batch(images)
         originals = [images]
         if self.view_set == "ten":
-            n, s = images.shape[0], self.shift
+            # padded once; a shift by (dy, dx) is the window at (s - dy, s - dx): slices, no host sync
+            s, (height, width) = self.shift, images.shape[-2:]
+            check_padding(images.shape, (s, s), self.padding_mode)
+            padded = pad_batch(images, (s, s), self.padding_mode)
             for dy, dx in ((-s, 0), (s, 0), (0, -s), (0, s)):  # up, down, left, right
-                shifts_x = torch.full((n,), dx, dtype=torch.long, device=images.device)
-                shifts_y = torch.full((n,), dy, dtype=torch.long, device=images.device)
-                originals.append(translate(images, shifts_x, shifts_y, s, self.padding_mode))
+                top, left = s - dy, s - dx
+                originals.append(padded[:, :, top : top + height, left : left + width])
         return torch.stack(originals + [x.flip(-1) for x in originals], dim=1)
 
     @override
